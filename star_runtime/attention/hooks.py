@@ -1,0 +1,55 @@
+"""Hook stock transformers decoders: one registered attention function that defers to the current state.
+
+Models run with ``attn_implementation="star_runtime"``, ``use_cache=False`` and explicit ``position_ids``.
+Each decoder layer then hands us the query and the key/value of the *new* tokens only (after RoPE); the
+runtime owns every stored KV. The active state (dense/star/ring phase 1, phase 2) decides what the new tokens
+attend to and where their KV goes. No modeling code is copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol
+
+import torch
+from transformers import AttentionInterface
+
+ATTN_NAME = "star_runtime"
+
+
+class AttentionState(Protocol):
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """q: (B, Hq, T, D); k, v: (B, Hkv, T, D), post-RoPE. Returns (B, Hq, T, D) in q's dtype."""
+
+
+_STATE: AttentionState | None = None
+
+
+@contextlib.contextmanager
+def attention_state(state: AttentionState):
+    """Make ``state`` answer every attention call inside the block."""
+    global _STATE
+    prev, _STATE = _STATE, state
+    try:
+        yield state
+    finally:
+        _STATE = prev
+
+
+def _runtime_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    if _STATE is None:
+        raise RuntimeError(
+            "star_runtime attention was called outside a runtime step; run the model through star_runtime"
+        )
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = _STATE.attend(module.layer_idx, query, key, value, scale)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> str:
+    """Register the runtime attention with transformers (idempotent); returns its name."""
+    AttentionInterface.register(ATTN_NAME, _runtime_attention)
+    return ATTN_NAME
+
+
+register()

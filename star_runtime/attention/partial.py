@@ -1,0 +1,131 @@
+"""Local attention that also returns its softmax log-sum-exp, the unit every mode is built from.
+
+Two masks are ever needed: none (the query sees every key) and square causal (query i sees keys 0..i of
+the same tokens). Every mode (dense, star, ring, phase 2) is written with just these two, so the kernels
+never depend on how a library aligns a causal mask of unequal lengths.
+
+Kernels (each returns the LSE itself): on CUDA with bf16/fp16 the fused flash kernel; on CUDA fp32 the fused
+memory-efficient kernel; on the CPU torch's flash kernel for CPU. An fp32 math path chunked over queries is
+the reference they are tested against; ``STAR_RUNTIME_ATTN_KERNEL=math|flash|efficient|cpu_flash`` forces one.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+_MATH_CHUNK_BYTES = 256 * 1024 * 1024
+
+
+def empty_partial(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial attention over no keys: out 0, lse -inf. q: (B, H, T, D)."""
+    B, H, T, D = q.shape
+    out = torch.zeros(B, H, T, D, dtype=torch.float32, device=q.device)
+    lse = torch.full((B, H, T), float("-inf"), dtype=torch.float32, device=q.device)
+    return out, lse
+
+
+def partial_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of q over (k, v) with its log-sum-exp.
+
+    q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D) with Hq a multiple of Hkv (GQA); causal needs Tq == Tk.
+    Returns out (B, Hq, Tq, D) in fp32 and lse (B, Hq, Tq) in fp32 (natural log, scores times ``scale``).
+    """
+    if causal and q.shape[2] != k.shape[2]:
+        raise ValueError(f"causal partial attention needs equal lengths, got Tq={q.shape[2]} Tk={k.shape[2]}")
+    if k.shape[2] == 0 or q.shape[2] == 0:
+        return empty_partial(q)
+    kernel = _pick_kernel(q)
+    if kernel == "flash":
+        return _flash(q, k, v, scale, causal)
+    if kernel == "efficient":
+        return _efficient(q, k, v, scale, causal)
+    if kernel == "cpu_flash":
+        return _cpu_flash(q, k, v, scale, causal)
+    if kernel == "math":
+        return _math(q, k, v, scale, causal)
+    raise ValueError(f"unknown STAR_RUNTIME_ATTN_KERNEL {kernel!r}; use math, flash, efficient or cpu_flash")
+
+
+def _pick_kernel(q: torch.Tensor) -> str:
+    forced = os.environ.get("STAR_RUNTIME_ATTN_KERNEL")
+    if forced:
+        return forced
+    if q.device.type == "cuda" and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0:
+        return "flash" if q.dtype in (torch.float16, torch.bfloat16) else "efficient"
+    if q.device.type == "cpu":
+        # A few query rows (decode) are cheaper without the K/V head copy the fused kernel needs.
+        return "cpu_flash" if q.shape[2] > 16 else "math"
+    return "math"
+
+
+def _expand_kv(q, k, v):
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    return k, v
+
+
+def _flash(q, k, v, scale, causal):
+    k, v = _expand_kv(q, k, v)
+    res = torch.ops.aten._scaled_dot_product_flash_attention(
+        q, k, v, 0.0, causal, False, scale=scale
+    )
+    return res[0].float(), res[1].float()
+
+
+def _efficient(q, k, v, scale, causal):
+    k, v = _expand_kv(q, k, v)
+    res = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, None, True, 0.0, causal, scale=scale
+    )
+    return res[0].float(), res[1][..., : q.shape[2]].float()
+
+
+def _cpu_flash(q, k, v, scale, causal):
+    k, v = _expand_kv(q, k, v)
+    res = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+    return res[0].float(), res[1].float()
+
+
+def _math(q, k, v, scale, causal):
+    """fp32 reference math, chunked over queries, GQA without copying K/V per query head."""
+    B, Hq, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    qf = q.float().view(B, Hkv, G, Tq, D)
+    kf = k.float()
+    vf = v.float()
+    out = torch.empty(B, Hkv, G, Tq, D, dtype=torch.float32, device=q.device)
+    lse = torch.empty(B, Hkv, G, Tq, dtype=torch.float32, device=q.device)
+    chunk = max(1, _MATH_CHUNK_BYTES // max(1, B * Hq * Tk * 4))
+    for s in range(0, Tq, chunk):
+        e = min(Tq, s + chunk)
+        scores = torch.einsum("bhgqd,bhkd->bhgqk", qf[:, :, :, s:e], kf) * scale
+        if causal:
+            rows = torch.arange(s, e, device=q.device).unsqueeze(1)
+            cols = torch.arange(Tk, device=q.device).unsqueeze(0)
+            scores = scores.masked_fill(cols > rows, float("-inf"))
+        l = torch.logsumexp(scores, dim=-1)
+        p = torch.exp(scores - l.unsqueeze(-1))
+        out[:, :, :, s:e] = torch.einsum("bhgqk,bhkd->bhgqd", p, vf)
+        lse[:, :, :, s:e] = l
+    return out.view(B, Hq, Tq, D), lse.view(B, Hq, Tq)
+
+
+def reference_attention(q, k, v, scale, causal=False) -> torch.Tensor:
+    """Plain softmax attention in fp64 for tests: q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D) -> (B, Hq, Tq, D)."""
+    k, v = _expand_kv(q, k, v)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double()) * scale
+    if causal:
+        Tq, Tk = q.shape[2], k.shape[2]
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.einsum("bhqk,bhkd->bhqd", torch.softmax(scores, dim=-1), v.double())
+
+
+__all__ = ["partial_attention", "empty_partial", "reference_attention"]

@@ -1,0 +1,43 @@
+"""`star-runtime` console entry: subcommands infer (jsonl inference) and demo (needle in a haystack)."""
+
+from __future__ import annotations
+
+import sys
+
+from .config import ConfigError
+
+COMMANDS = {
+    "infer": ("star_runtime.infer", "run inference over a jsonl file (the reference's flags)"),
+    "demo": ("star_runtime.needle", "find a needle in a generated haystack on the bundled model"),
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: star-runtime {" + ",".join(COMMANDS) + "} [flags]\n")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:<8} {text}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nstar-runtime: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    import importlib
+
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return run_main(module.main, argv[1:])
+
+
+def run_main(fn, argv) -> int:
+    """Run a job; a bad setting or input ends with its one-line message and exit code 2."""
+    from .parallel.launchers import WorkerFailure
+
+    try:
+        return fn(argv)
+    except (ConfigError, WorkerFailure) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

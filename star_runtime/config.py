@@ -1,0 +1,90 @@
+"""One dataclass holding every knob of a run, validated with one clear error line per problem."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+ATTN_TYPES = ("dense", "ring", "star")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda")
+LAUNCHERS = ("ray", "torchrun")
+
+
+class ConfigError(ValueError):
+    """A bad setting or bad input. Its message is one line that names the problem and the fix."""
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; one instance is shipped to every worker.
+
+    model_path: local HF directory, a `.gguf` file, `random:<name>`, or None for the bundled SmolLM2.
+    attn_type: dense | ring | star.
+    block_size: star context block length in tokens; -1 = context length / num_workers (as the reference).
+    anchor_block_size: star anchor length; -1 = block_size (as the reference).
+    """
+
+    model_path: str | None = None
+    attn_type: str = "star"
+    block_size: int = -1
+    anchor_block_size: int = -1
+    tokens_to_generate: int = 32
+    stop_words: list[str] = field(default_factory=list)
+    num_workers: int = 1
+    device: str = "cpu"
+    dtype: str = "auto"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    chat_template: bool = False
+    launcher: str = "ray"
+    ray_address: str | None = None
+    collective_timeout_s: float = 600.0
+
+    def validate(self) -> "RunConfig":
+        if self.attn_type not in ATTN_TYPES:
+            raise ConfigError(
+                f"unknown --attn_type {self.attn_type!r}; choose one of {', '.join(ATTN_TYPES)}"
+            )
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown --device {self.device!r}; choose cpu or cuda")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.launcher not in LAUNCHERS:
+            raise ConfigError(f"unknown launcher {self.launcher!r}; choose ray or torchrun")
+        if self.num_workers < 1:
+            raise ConfigError(f"--num_workers must be >= 1 (got {self.num_workers})")
+        if self.block_size == 0 or self.block_size < -1:
+            raise ConfigError(
+                f"--block_size must be a positive number of tokens (got {self.block_size}); "
+                "pass e.g. --block_size 4096, or -1 for context length / workers"
+            )
+        if self.anchor_block_size == 0 or self.anchor_block_size < -1:
+            raise ConfigError(
+                f"--anchor_block_size must be a positive number of tokens (got {self.anchor_block_size}); "
+                "pass -1 to use the block size"
+            )
+        if self.block_size > 0 and self.anchor_block_size > self.block_size:
+            raise ConfigError(
+                f"--anchor_block_size {self.anchor_block_size} is larger than --block_size {self.block_size}; "
+                "use an anchor no longer than a block"
+            )
+        if self.tokens_to_generate < 1:
+            raise ConfigError(f"--tokens_to_generate must be >= 1 (got {self.tokens_to_generate})")
+        if self.temperature < 0:
+            raise ConfigError(f"--temperature must be >= 0 (got {self.temperature}); 0 means greedy")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top_p must be in (0, 1] (got {self.top_p})")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Workers that take part: dense attention always runs on one worker."""
+        return 1 if self.attn_type == "dense" else self.num_workers
+
+    def replace(self, **kw) -> "RunConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

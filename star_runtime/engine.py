@@ -1,0 +1,116 @@
+"""Public entry: ``Engine(config).generate(context, query)``. Tokenizes, validates, runs phase 1 and
+phase 2 on the workers, and turns the host's reply into a result record."""
+
+from __future__ import annotations
+
+import math
+import sys
+import zlib
+
+from .config import ConfigError, RunConfig
+from .models.loader import load_tokenizer, model_config, model_window, resolve_model
+from .parallel.launchers import make_launcher
+from .parallel.worker import Reply, Request
+from .phase1 import star_plan
+from .prompts import tokenize_prompt
+from .sampling import truncate_at_stop_words
+
+
+def _notice(msg: str) -> None:
+    print(f"[star-runtime] {msg}", file=sys.stderr, flush=True)
+
+
+class Engine:
+    def __init__(self, cfg: RunConfig, notice=_notice):
+        self.cfg = cfg.validate()
+        self.notice = notice
+        if cfg.attn_type == "dense" and cfg.num_workers > 1:
+            notice(f"dense attention runs on one worker; the other {cfg.num_workers - 1} stay idle")
+        self.source = resolve_model(cfg.model_path)
+        self.tokenizer = load_tokenizer(self.source)
+        self.window = model_window(model_config(self.source))
+        self.launcher = make_launcher(cfg, self.source)
+
+    @property
+    def is_writer(self) -> bool:
+        """False on torchrun ranks other than the query host: they compute but do not write results."""
+        return self.launcher.is_writer
+
+    def prepare(self, context: str, query: str, index=0, where: str | None = None,
+                max_new_tokens: int | None = None, keep_logits: bool = False) -> Request:
+        """Tokenize and check one sample; errors are one line naming the sample and the fix."""
+        where = where or f"sample {index}"
+        n = max_new_tokens or self.cfg.tokens_to_generate
+        if not context.strip():
+            raise ConfigError(f"{where}: input_context is empty; give the text the query is about")
+        if not query.strip():
+            raise ConfigError(f"{where}: input_query is empty; give the question or instruction")
+        ctx, qry = tokenize_prompt(self.tokenizer, context, query, self.cfg.chat_template)
+        total = len(ctx) + len(qry) + n
+        if total > self.window:
+            raise ConfigError(
+                f"{where}: context ({len(ctx)}) + query ({len(qry)}) + tokens_to_generate ({n}) = {total} tokens "
+                f"exceeds the model window of {self.window}; shorten the context or lower --tokens_to_generate"
+            )
+        return Request(index, ctx, qry, n, seed=zlib.crc32(str(index).encode()), keep_logits=keep_logits)
+
+    def layout_notice(self, req: Request) -> str | None:
+        """One line when a short sample leaves workers without context (the run goes on)."""
+        w = self.cfg.world_size
+        if self.cfg.attn_type == "star" and w > 1:
+            plan = star_plan(len(req.context_ids), self.cfg.block_size, self.cfg.anchor_block_size, w)
+            if plan.num_blocks < w:
+                return (f"sample {req.index}: {len(req.context_ids)} context tokens make {plan.num_blocks} "
+                        f"block(s) of {plan.block_size} for {w} workers; {w - plan.num_blocks} worker(s) hold "
+                        "no context for it")
+        return None
+
+    def run(self, req: Request) -> Reply:
+        msg = self.layout_notice(req)
+        if msg:
+            self.notice(msg)
+        return self.launcher.run(req)
+
+    def record(self, req: Request, reply: Reply) -> dict:
+        """The reference's prediction fields plus timings."""
+        text = self.tokenizer.decode(reply.tokens, skip_special_tokens=True)
+        pred = truncate_at_stop_words(text, self.cfg.stop_words)
+        n = len(reply.tokens)
+        decode_steps = max(0, reply.steps - 1)
+        block = None
+        if self.cfg.attn_type == "star":
+            block = star_plan(len(req.context_ids), self.cfg.block_size, self.cfg.anchor_block_size,
+                              self.cfg.world_size).block_size
+        return {
+            "pred": pred,
+            "tokens_generated": n,
+            "stopped_by": reply.stopped_by,
+            "context_tokens": len(req.context_ids),
+            "query_tokens": len(req.query_ids),
+            "attn_type": self.cfg.attn_type,
+            "num_workers": self.cfg.world_size,
+            "block_size": block,
+            "phase1_s": round(reply.phase1_s, 6),
+            "ttft_s": round(reply.phase1_s + reply.first_token_s, 6),
+            "decode_tokens_per_s": round(decode_steps / reply.decode_s, 3) if reply.decode_s > 0 else None,
+            "decode_ms_per_token": round(1000 * reply.decode_s / decode_steps, 3) if decode_steps else None,
+            "shard_tokens": reply.shard_tokens,
+        }
+
+    def generate(self, context: str, query: str, index=0) -> dict:
+        req = self.prepare(context, query, index)
+        return self.record(req, self.run(req))
+
+    def close(self) -> None:
+        self.launcher.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else math.nan

@@ -1,0 +1,125 @@
+"""The jsonl inference job behind run_star_attn_inference.py and `star-runtime infer`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from tqdm import tqdm
+
+from .config import RunConfig
+from .engine import Engine, mean
+from .io_jsonl import ResultWriter, finished_indices, read_samples
+
+PASSTHROUGH = ("others", "truncation", "length")
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every job (the reference's names, plus ours)."""
+    p.add_argument("--model_path", default=None,
+                   help="HF model folder, .gguf file or random:<name>; default: the bundled SmolLM2-135M-Instruct")
+    p.add_argument("--attn_type", default="star", choices=["dense", "ring", "star"])
+    p.add_argument("--block_size", type=int, default=-1,
+                   help="star context block size in tokens (-1: context length / workers)")
+    p.add_argument("--anchor_block_size", type=int, default=-1, help="star anchor size (-1: the block size)")
+    p.add_argument("--tokens_to_generate", type=int, default=32)
+    p.add_argument("--stop_words", default="", help="comma-separated stop words")
+    p.add_argument("--num_workers", "-np", type=int, default=1, help="workers (one per GPU on cuda)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat_template", action="store_true", help="wrap context + query in the model's chat template")
+    p.add_argument("--launcher", default="ray", choices=["ray", "torchrun"],
+                   help="ray actors (default) or this process is a torchrun/srun rank (env://)")
+    p.add_argument("--ray_address", default=None, help="existing Ray cluster (default: start a local one)")
+
+
+def config_from_args(a) -> RunConfig:
+    return RunConfig(
+        model_path=a.model_path, attn_type=a.attn_type, block_size=a.block_size,
+        anchor_block_size=a.anchor_block_size, tokens_to_generate=a.tokens_to_generate,
+        stop_words=[s for s in a.stop_words.split(",") if s], num_workers=a.num_workers, device=a.device,
+        dtype=a.dtype, temperature=a.temperature, top_p=a.top_p, seed=a.seed, chat_template=a.chat_template,
+        launcher=a.launcher, ray_address=a.ray_address,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Run dense / ring / star attention inference over a jsonl file.")
+    add_run_flags(p)
+    p.add_argument("--input_path", required=True, help="jsonl: index?, input_context, input_query, output(s)?")
+    p.add_argument("--output_path", required=True, help="jsonl predictions, one line per sample, flushed")
+    p.add_argument("--num_samples", type=int, default=-1, help="first N samples only (-1: all)")
+    p.add_argument("--use_cache", action="store_true", help="resume: keep finished samples, run the rest")
+    return p
+
+
+def run_jsonl(cfg: RunConfig, input_path: str, output_path: str, num_samples: int = -1,
+              use_cache: bool = False, engine: Engine | None = None) -> list[dict]:
+    """Run every unfinished sample of ``input_path``; returns this call's records."""
+    samples = read_samples(input_path, num_samples)
+    done = finished_indices(output_path) if use_cache else set()
+    todo = [s for s in samples if s["index"] not in done]
+    if done:
+        print(f"[star-runtime] resuming: {len(samples) - len(todo)} of {len(samples)} samples already in "
+              f"{output_path}")
+    own = engine is None
+    engine = engine or Engine(cfg)
+    records = []
+    try:
+        reqs = [engine.prepare(s["input_context"], s["input_query"], s["index"],
+                               where=f"{input_path}:{s['_line']} (index {s['index']})") for s in todo]
+        writer = ResultWriter(output_path, resume=use_cache) if engine.is_writer else None
+        try:
+            for s, req in tqdm(list(zip(todo, reqs)), desc=f"{cfg.attn_type} x{cfg.world_size}",
+                               disable=not engine.is_writer, unit="sample"):
+                rec = engine.record(req, engine.run(req))
+                out = {
+                    "index": s["index"], "pred": rec.pop("pred"),
+                    "input_context": s["input_context"], "input_query": s["input_query"],
+                    "outputs": s["outputs"] if "outputs" in s else ([s["output"]] if "output" in s else []),
+                    "others": s.get("others", {}), "truncation": s.get("truncation", -1),
+                    "length": s.get("length", rec["context_tokens"] + rec["query_tokens"]),
+                    **rec,
+                }
+                if writer:
+                    writer.write(out)
+                records.append(out)
+        finally:
+            if writer:
+                writer.close()
+    finally:
+        if own:
+            engine.close()
+    return records
+
+
+def summary_table(records: list[dict]) -> str:
+    if not records:
+        return "no new samples were run"
+    rows = [
+        ("samples", f"{len(records)}"),
+        ("context tokens (mean)", f"{mean([r['context_tokens'] for r in records]):.0f}"),
+        ("phase 1 s (mean)", f"{mean([r['phase1_s'] for r in records]):.3f}"),
+        ("TTFT s (mean)", f"{mean([r['ttft_s'] for r in records]):.3f}"),
+        ("decode ms/token (mean)", f"{mean([r['decode_ms_per_token'] for r in records]):.2f}"),
+        ("decode tokens/s (mean)", f"{mean([r['decode_tokens_per_s'] for r in records]):.1f}"),
+    ]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    cfg = config_from_args(a)
+    t0 = time.time()
+    records = run_jsonl(cfg, a.input_path, a.output_path, a.num_samples, a.use_cache)
+    if records:
+        print(summary_table(records))
+        print(json.dumps({"output_path": a.output_path, "samples_run": len(records),
+                          "wall_s": round(time.time() - t0, 2)}))
+    return 0

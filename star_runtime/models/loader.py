@@ -1,0 +1,109 @@
+"""Load a decoder and its tokenizer: a local HF folder, a GGUF file, `random:<name>`, or the bundled default.
+
+Every model is loaded with the runtime's attention (attention/hooks.py) and no copied modeling code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..attention.hooks import register
+from ..config import ConfigError
+from .bundled import BUNDLED_NAME, bundled_model_dir, bundled_tokenizer_dir, converted_gguf_dir
+from .random_configs import RANDOM_CONFIGS, random_config
+
+RANDOM_PREFIX = "random:"
+RANDOM_SEED = 1234
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from once resolved: ``kind`` is hf | random; ``path`` an HF folder or random name."""
+
+    kind: str
+    path: str
+    name: str
+    tokenizer_path: str
+
+
+def resolve_model(spec: str | None) -> ModelSource:
+    """Turn a --model_path value into a loadable source, converting GGUF files once (cached)."""
+    if spec in (None, "", "bundled"):
+        d = bundled_model_dir()
+        return ModelSource("hf", str(d), BUNDLED_NAME, str(d))
+    if spec.startswith(RANDOM_PREFIX):
+        name = spec[len(RANDOM_PREFIX):]
+        if name not in RANDOM_CONFIGS:
+            raise ConfigError(
+                f"unknown random model {spec!r}; choose one of: "
+                + ", ".join(RANDOM_PREFIX + n for n in sorted(RANDOM_CONFIGS))
+            )
+        return ModelSource("random", name, spec, str(bundled_tokenizer_dir()))
+    p = Path(spec).expanduser()
+    if not p.exists():
+        raise ConfigError(f"--model_path {spec} does not exist; give an HF model folder, a .gguf file, "
+                          "random:<name>, or leave it out for the bundled SmolLM2")
+    if p.is_file() and p.suffix == ".gguf":
+        d = converted_gguf_dir(p)
+        return ModelSource("hf", str(d), p.stem, str(d))
+    if p.is_dir() and (p / "config.json").exists():
+        return ModelSource("hf", str(p), p.name, str(p))
+    raise ConfigError(f"--model_path {spec} is neither an HF model folder (with config.json) nor a .gguf file")
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source.tokenizer_path)
+
+
+def model_config(source: ModelSource):
+    from transformers import AutoConfig
+
+    if source.kind == "random":
+        return random_config(source.path)
+    return AutoConfig.from_pretrained(source.path)
+
+
+def check_supported(config) -> None:
+    """Refuse what the exact runtime cannot do, with one line saying so."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    if window and getattr(text, "use_sliding_window", True) and window < text.max_position_embeddings:
+        raise ConfigError(f"{text.model_type}: sliding-window attention ({window}) is not supported; "
+                          "use a model with full attention in every layer")
+    if getattr(text, "attn_logit_softcapping", None):
+        raise ConfigError(f"{text.model_type}: attention logit soft-capping is not supported")
+
+
+def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device):
+    """Return the model in eval mode on ``device`` using the runtime attention."""
+    from transformers import AutoModelForCausalLM
+
+    name = register()
+    config = model_config(source)
+    check_supported(config)
+    if source.kind == "random":
+        torch.manual_seed(RANDOM_SEED)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=name)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, attn_implementation=name)
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def model_window(config) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.max_position_embeddings)

@@ -1,0 +1,108 @@
+"""The workers' torch.distributed group (NCCL on GPUs, gloo on CPU) and the few collectives we use."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def node_ip() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except Exception:
+        pass
+    return socket.gethostbyname(socket.gethostname())
+
+
+# torch >= 2.13 renamed all_gather_into_tensor; keep both working.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+class Group:
+    """rank / world size / device, plus the collectives of the runtime.
+
+    A group of one worker makes no torch.distributed calls at all.
+    """
+
+    def __init__(self, rank: int, world_size: int, device: torch.device):
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+
+    @classmethod
+    def init(cls, rank: int, world_size: int, device: torch.device, init_method: str | None,
+             timeout_s: float = 600.0) -> "Group":
+        """Join the group. init_method: ``tcp://host:port`` (Ray launcher) or ``env://`` (torchrun/srun)."""
+        if world_size > 1 and not dist.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            kwargs = dict(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
+                          timeout=datetime.timedelta(seconds=timeout_s))
+            if device.type == "cuda":
+                kwargs["device_id"] = device
+            dist.init_process_group(**kwargs)
+        return cls(rank, world_size, device)
+
+    @property
+    def host(self) -> int:
+        """The query host: the last worker holds the query and generated tokens' KV (as the reference)."""
+        return self.world_size - 1
+
+    @property
+    def is_host(self) -> bool:
+        return self.rank == self.host
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """t (...) on every rank -> (world_size, ...) identical on every rank."""
+        if self.world_size == 1:
+            return t.unsqueeze(0)
+        t = t.contiguous().view(1, *t.shape)
+        out = torch.empty((self.world_size, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        _all_gather_single(out, t)  # concatenation along dim 0 of the (1, ...) inputs
+        return out
+
+    def broadcast(self, t: torch.Tensor, src: int) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.broadcast(t, src)
+        return t
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            if self.device.type == "cuda":
+                dist.barrier(device_ids=[self.device.index or 0])
+            else:
+                dist.barrier()
+
+    def ring_exchange(self, send: torch.Tensor, recv: torch.Tensor):
+        """Start sending ``send`` to rank+1 and receiving ``recv`` from rank-1; returns handles to wait on."""
+        nxt = (self.rank + 1) % self.world_size
+        prv = (self.rank - 1) % self.world_size
+        ops = [dist.P2POp(dist.isend, send, nxt), dist.P2POp(dist.irecv, recv, prv)]
+        return dist.batch_isend_irecv(ops)
+
+    def destroy(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def local_device(kind: str) -> torch.device:
+    """The device of this process: cuda:LOCAL_RANK under torchrun, cuda:0 under Ray (it sets the visible GPU)."""
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda asked for, but this worker sees no CUDA GPU; use --device cpu")
+        idx = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
+        torch.cuda.set_device(idx)
+        return torch.device("cuda", idx)
+    return torch.device("cpu")

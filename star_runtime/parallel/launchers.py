@@ -1,0 +1,66 @@
+"""How workers are started: in this process (one worker), as Ray actors, or as torchrun/srun ranks.
+
+Every launcher offers ``run(request) -> Reply`` (the query host's reply) and ``close()``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..config import RunConfig
+from ..models.loader import ModelSource
+from .worker import Reply, Request, Worker
+
+
+class WorkerFailure(RuntimeError):
+    """A worker died or raised; the run stops instead of hanging in a collective."""
+
+
+class InProcessLauncher:
+    """A single worker in the calling process: no process group, no Ray."""
+
+    def __init__(self, cfg: RunConfig, source: ModelSource):
+        self.worker = Worker(cfg, source, 0, 1, threads=None)
+        self.world_size = 1
+        self.is_writer = True
+
+    def run(self, req: Request) -> Reply:
+        return self.worker.run(req)
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+class TorchrunLauncher:
+    """This process is one rank of a torchrun / srun job (env:// rendezvous: RANK, WORLD_SIZE, MASTER_ADDR...).
+
+    Every rank runs the same driver loop; only the query host writes results.
+    """
+
+    def __init__(self, cfg: RunConfig, source: ModelSource):
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if world != cfg.world_size:
+            raise WorkerFailure(
+                f"torchrun started {world} processes but the run asks for {cfg.world_size} workers; "
+                f"pass --num_workers {world}"
+            )
+        self.worker = Worker(cfg, source, rank, world, "env://")
+        self.world_size = world
+        self.is_writer = self.worker.group.is_host
+
+    def run(self, req: Request) -> Reply:
+        return self.worker.run(req)
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def make_launcher(cfg: RunConfig, source: ModelSource):
+    if cfg.launcher == "torchrun" or ("RANK" in os.environ and "WORLD_SIZE" in os.environ
+                                       and int(os.environ["WORLD_SIZE"]) > 1):
+        return TorchrunLauncher(cfg, source)
+    if cfg.world_size == 1:
+        return InProcessLauncher(cfg, source)
+    from .ray_launcher import RayLauncher
+
+    return RayLauncher(cfg, source)

@@ -1,0 +1,129 @@
+"""Ray launcher: one actor per worker (one GPU each on CUDA), placed by a placement group, joined in one
+torch.distributed group (NCCL on GPUs, gloo on CPU).
+
+A worker that dies or raises ends the run with a clear error: the driver waits on all workers at once,
+and on the first failure kills the others (which would otherwise wait forever in a collective).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from ..config import RunConfig
+from ..models.loader import ModelSource
+from .group import free_port, node_ip
+from .launchers import WorkerFailure
+from .worker import Reply, Request, Worker
+
+
+@ray.remote
+class WorkerActor:
+    def __init__(self):
+        self.worker = None
+
+    def address(self) -> tuple[str, int]:
+        return node_ip(), free_port()
+
+    def setup(self, cfg: RunConfig, source: ModelSource, rank: int, world: int, init_method: str,
+              threads: int) -> dict:
+        self.worker = Worker(cfg, source, rank, world, init_method, threads=threads)
+        return self.worker.info()
+
+    def run(self, req: Request) -> Reply:
+        return self.worker.run(req)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+
+
+def ensure_ray(address: str | None, num_workers: int) -> None:
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
+                  logging_level="ERROR", configure_logging=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, num_workers), **kwargs)
+
+
+class RayLauncher:
+    def __init__(self, cfg: RunConfig, source: ModelSource):
+        self.cfg = cfg
+        self.world_size = cfg.world_size
+        self.is_writer = True
+        ensure_ray(cfg.ray_address, self.world_size)
+        gpus = 1 if cfg.device == "cuda" else 0
+        bundles = [{"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1} for _ in range(self.world_size)]
+        self.pg = placement_group(bundles, strategy="PACK")
+        try:
+            ray.get(self.pg.ready(), timeout=120)
+        except Exception as e:
+            remove_placement_group(self.pg)
+            raise WorkerFailure(
+                f"Ray could not place {self.world_size} workers ({'1 GPU' if gpus else '1 CPU'} each) within "
+                f"120 s; the cluster has {ray.cluster_resources()}; lower --num_workers"
+            ) from e
+        self.actors = [
+            WorkerActor.options(
+                num_cpus=1, num_gpus=gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            ).remote()
+            for i in range(self.world_size)
+        ]
+        host, port = ray.get(self.actors[0].address.remote())
+        threads = max(1, (os.cpu_count() or 1) // self.world_size)
+        self.infos = self._gather(
+            [a.setup.remote(cfg, source, i, self.world_size, f"tcp://{host}:{port}", threads)
+             for i, a in enumerate(self.actors)], "start"
+        )
+
+    def _gather(self, refs, what: str):
+        """ray.get on all refs, but fail fast: the first error kills every actor and raises WorkerFailure."""
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(ready[0])
+            except Exception as e:
+                rank = refs.index(ready[0])
+                self._kill()
+                raise WorkerFailure(
+                    f"worker {rank} failed during {what}: {_first_line(e)}; the run is stopped "
+                    "(finished samples are saved: rerun with --use_cache to resume)"
+                ) from e
+        return ray.get(list(refs))
+
+    def run(self, req: Request) -> Reply:
+        replies = self._gather([a.run.remote(req) for a in self.actors], f"sample {req.index}")
+        return replies[-1]  # the query host is the last worker
+
+    def _kill(self) -> None:
+        for a in getattr(self, "actors", []):
+            ray.kill(a, no_restart=True)
+        self.actors = []
+        try:
+            remove_placement_group(self.pg)
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        if self.actors:
+            try:
+                ray.get([a.close.remote() for a in self.actors], timeout=30)
+            except Exception:
+                pass
+        self._kill()
+
+
+def _first_line(e: Exception) -> str:
+    cause = getattr(e, "cause", None) or e
+    text = f"{type(cause).__name__}: {cause}".strip()
+    lines = [l for l in text.splitlines() if l.strip()]
+    return lines[-1][:300] if lines else type(e).__name__

@@ -1,0 +1,93 @@
+"""One worker of the SPMD runtime: holds the model and its KV shard, runs phase 1 and phase 2 in lockstep.
+
+The same class runs inside a Ray actor (parallel/ray_launcher.py), inside a torchrun/srun process
+(env:// rendezvous), or in-process for a single worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import RunConfig
+from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype
+from ..phase1 import encode_context
+from ..phase2 import generate
+from ..sampling import Sampler, StopChecker, eos_ids
+from .group import Group, local_device
+
+
+@dataclass
+class Request:
+    """One sample, tokenized by the engine. Token ids are plain lists so they travel cheaply."""
+
+    index: int
+    context_ids: list[int]
+    query_ids: list[int]
+    max_new_tokens: int
+    seed: int = 0
+    keep_logits: bool = False
+
+
+@dataclass
+class Reply:
+    index: int
+    tokens: list[int]
+    stopped_by: str
+    phase1_s: float
+    first_token_s: float
+    decode_s: float
+    steps: int
+    shard_tokens: list[int] = field(default_factory=list)  # context tokens held by each worker
+    logits: list = field(default_factory=list)
+
+
+class Worker:
+    def __init__(self, cfg: RunConfig, source: ModelSource, rank: int, world_size: int,
+                 init_method: str | None = None, threads: int | None = None):
+        self.cfg = cfg
+        if world_size > 1:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # one progress bar per worker would only be noise
+        self.device = local_device(cfg.device)
+        if self.device.type == "cpu" and threads:
+            torch.set_num_threads(threads)
+        self.group = Group.init(rank, world_size, self.device, init_method, cfg.collective_timeout_s)
+        self.model = load_model(source, resolve_dtype(cfg.dtype, cfg.device), self.device)
+        self.tokenizer = load_tokenizer(source)
+        self.eos = eos_ids(self.model, self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def info(self) -> dict:
+        return {"rank": self.group.rank, "pid": os.getpid(), "device": str(self.device),
+                "hostname": os.uname().nodename}
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run(self, req: Request) -> Reply:
+        """Phase 1 then phase 2 for one sample; every worker returns the same tokens and timings."""
+        g = self.group
+        ctx = torch.tensor(req.context_ids, dtype=torch.long, device=self.device)
+        query = torch.tensor(req.query_ids, dtype=torch.long, device=self.device)
+        g.barrier()
+        t0 = time.perf_counter()
+        shard = encode_context(self.model, self.cfg, g, ctx, self.pad_id)
+        self._sync()
+        g.barrier()
+        phase1_s = time.perf_counter() - t0
+        sampler = Sampler(self.cfg.temperature, self.cfg.top_p, self.cfg.seed + req.seed)
+        stop = StopChecker(self.tokenizer, self.cfg.stop_words) if g.is_host else None
+        gen = generate(self.model, g, shard, query, ctx.numel(), req.max_new_tokens, sampler, stop, self.eos,
+                       keep_logits=req.keep_logits)
+        counts = g.all_gather(torch.tensor([len(shard)], device=self.device)).flatten().tolist()
+        return Reply(req.index, gen.tokens, gen.stopped_by, phase1_s, gen.first_token_s, gen.decode_s,
+                     gen.steps, counts, gen.logits)
+
+    def close(self):
+        self.group.destroy()

@@ -1,0 +1,128 @@
+"""Phase 1: encode the context into this worker's KV shard (dense, star or ring).
+
+Every worker calls ``encode_context`` with the whole context's token ids and works out, deterministically,
+which tokens are its own; the result is the worker's ContextShard.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .attention.hooks import attention_state
+from .attention.prefill import CausalPrefill
+from .attention.ring import RingPrefill, zigzag_positions
+from .attention.star import StarBlocks
+from .kv.shard import ContextShard
+
+
+@dataclass(frozen=True)
+class StarPlan:
+    """How a context of ``length`` tokens is cut for star attention on ``world`` workers.
+
+    block_size S, anchor A (<= S), and for each rank the (contiguous, in-order) block indices it encodes.
+    """
+
+    length: int
+    block_size: int
+    anchor: int
+    blocks: tuple[tuple[int, ...], ...]
+
+    @property
+    def num_blocks(self) -> int:
+        return math.ceil(self.length / self.block_size)
+
+
+def star_plan(length: int, block_size: int, anchor_block_size: int, world: int) -> StarPlan:
+    """block_size -1: ceil(length / world) (one block per worker); anchor -1: the block size.
+
+    Blocks go to workers in order, earlier workers taking the extra ones (as torch.tensor_split); a context
+    with fewer blocks than workers leaves the last workers without context.
+    """
+    s = block_size if block_size > 0 else max(1, math.ceil(length / world))
+    a = min(anchor_block_size if anchor_block_size > 0 else s, s)
+    nb = math.ceil(length / s)
+    parts = torch.tensor_split(torch.arange(nb), world) if nb >= world else [
+        torch.arange(i, i + 1) if i < nb else torch.arange(0) for i in range(world)
+    ]
+    return StarPlan(length, s, a, tuple(tuple(int(b) for b in p) for p in parts))
+
+
+def _decoder(model):
+    return model.get_decoder()
+
+
+def _forward(model, ids: torch.Tensor, pos: torch.Tensor) -> None:
+    """Run the decoder stack only (no LM head): ids, pos (B, T)."""
+    _decoder(model)(input_ids=ids, position_ids=pos, use_cache=False)
+
+
+def _num_layers(model) -> int:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return cfg.num_hidden_layers
+
+
+@torch.inference_mode()
+def encode_dense(model, ctx: torch.Tensor) -> ContextShard:
+    """Ordinary causal prefill of the whole context on one worker. ctx: (L,) long on the model device."""
+    shard = ContextShard(_num_layers(model))
+    pos = torch.arange(ctx.numel(), device=ctx.device)
+    with attention_state(CausalPrefill(shard)):
+        _forward(model, ctx.unsqueeze(0), pos.unsqueeze(0))
+    return shard
+
+
+@torch.inference_mode()
+def encode_star(model, ctx: torch.Tensor, plan: StarPlan, rank: int, pad_id: int = 0) -> ContextShard:
+    """Star phase 1 for this rank's blocks: anchor once, then all blocks in one batch. ctx: (L,)."""
+    shard = ContextShard(_num_layers(model))
+    mine = plan.blocks[rank]
+    if not mine:
+        return shard
+    s, a, length = plan.block_size, plan.anchor, plan.length
+    dev = ctx.device
+    first, last = mine[0], mine[-1]
+    ids = torch.full(((last + 1) * s,), pad_id, dtype=ctx.dtype, device=dev)
+    end = min(length, (last + 1) * s)
+    ids[:end] = ctx[:end]
+    anchor = None
+    if any(b != 0 for b in mine):
+        anchor = ContextShard(_num_layers(model))
+        with attention_state(CausalPrefill(anchor)):
+            _forward(model, ctx[:a].unsqueeze(0), torch.arange(a, device=dev).unsqueeze(0))
+    blocks = torch.tensor(mine, device=dev)
+    block_ids = ids[first * s:].view(len(mine), s)
+    block_pos = (blocks.unsqueeze(1) * s + torch.arange(s, device=dev).unsqueeze(0))
+    keep = end - first * s
+    with attention_state(StarBlocks(shard, anchor, blocks != 0, keep)):
+        _forward(model, block_ids, block_pos)
+    return shard
+
+
+@torch.inference_mode()
+def encode_ring(model, ctx: torch.Tensor, group, pad_id: int = 0) -> ContextShard:
+    """Exact causal ring attention over all workers (zigzag split). ctx: (L,)."""
+    if group.world_size == 1:
+        return encode_dense(model, ctx)
+    shard = ContextShard(_num_layers(model))
+    pos, c = zigzag_positions(ctx.numel(), group.world_size, group.rank)
+    pos = pos.to(ctx.device)
+    real = pos < ctx.numel()
+    ids = torch.where(real, ctx[pos.clamp(max=ctx.numel() - 1)], torch.full_like(pos, pad_id))
+    with attention_state(RingPrefill(group, shard, c, real)):
+        _forward(model, ids.unsqueeze(0), pos.unsqueeze(0))
+    return shard
+
+
+def encode_context(model, cfg, group, ctx: torch.Tensor, pad_id: int = 0) -> ContextShard:
+    """Dispatch on cfg.attn_type. Block mode (cached, re-encoded passage blocks) plugs in here."""
+    if cfg.attn_type == "dense":
+        return encode_dense(model, ctx)
+    if cfg.attn_type == "star":
+        plan = star_plan(ctx.numel(), cfg.block_size, cfg.anchor_block_size, group.world_size)
+        return encode_star(model, ctx, plan, group.rank, pad_id)
+    if cfg.attn_type == "ring":
+        return encode_ring(model, ctx, group, pad_id)
+    raise ValueError(f"unknown attention type {cfg.attn_type!r}")
