@@ -1,0 +1,35 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from star_runtime.config import RunConfig  # noqa: E402
+from star_runtime.engine import Engine  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (real raylet, real worker processes)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def random_ids(n: int, seed: int, low: int = 100, high: int = 40000) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(low, high, (n,), generator=g).tolist()
+
+
+def run_ids(engine: Engine, ctx: list[int], query: list[int], new_tokens: int, index=0):
+    """Run token ids straight through an engine's workers; returns the host's reply (with logits)."""
+    from star_runtime.parallel.worker import Request
+
+    return engine.run(Request(index, ctx, query, new_tokens, keep_logits=True))
+
+
+def make_engine(model="random:tiny", **kw) -> Engine:
+    return Engine(RunConfig(model_path=model, **kw))

@@ -1,0 +1,52 @@
+"""Greedy / sampled choice, EOS and stop words end generation; chat template split."""
+
+import torch
+
+from conftest import make_engine, random_ids, run_ids
+from star_runtime.prompts import split_chat_template
+from star_runtime.sampling import Sampler, truncate_at_stop_words
+
+
+def test_greedy_and_seeded_sampling():
+    logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
+    assert Sampler()(logits) == 1
+    a = [Sampler(1.0, 0.9, seed=5)(logits) for _ in range(3)]
+    b = [Sampler(1.0, 0.9, seed=5)(logits) for _ in range(3)]
+    assert a == b
+    # top_p small keeps only the best token
+    assert {Sampler(1.0, 0.01, seed=s)(logits) for s in range(20)} == {1}
+
+
+def test_truncate_at_stop_words():
+    assert truncate_at_stop_words(" answer: 42\nQuestion: next", ["\n", "Question"]) == "answer: 42"
+    assert truncate_at_stop_words("plain", []) == "plain"
+
+
+def test_stop_word_and_eos_end_generation():
+    ctx, query = random_ids(40, 1), random_ids(4, 2)
+    with make_engine(attn_type="dense") as eng:
+        worker = eng.launcher.worker
+        worker.eos = set()
+        full = run_ids(eng, ctx, query, 12)
+        # EOS: declare the 4th generated token an end-of-sequence id
+        worker.eos = {full.tokens[3]}
+        cut = run_ids(eng, ctx, query, 12)
+        n = len(cut.tokens)
+        assert cut.stopped_by == "eos" and n <= 3 and cut.tokens == full.tokens[:n]
+        # stop word: the text of a later token that does not occur earlier
+        worker.eos = set()
+        dec = eng.tokenizer.decode
+        i = next(i for i in range(3, 12) if dec(full.tokens[i:i + 1]).strip()
+                 and dec(full.tokens[i:i + 1]).strip() not in dec(full.tokens[:i]))
+        word = dec(full.tokens[i:i + 1]).strip()
+        worker.cfg.stop_words = eng.cfg.stop_words = [word]
+        rep = run_ids(eng, ctx, query, 12)
+        assert rep.stopped_by == "stop_word" and len(rep.tokens) == i + 1
+        assert eng.record(eng.prepare("x", "y"), rep)["pred"] == dec(full.tokens[:i], skip_special_tokens=True).strip()
+
+
+def test_chat_template_split_keeps_context_then_query():
+    with make_engine(attn_type="dense") as eng:
+        head, tail = split_chat_template(eng.tokenizer, "CONTEXT TEXT", " QUERY?")
+    assert head.endswith("CONTEXT TEXT") and "<|im_start|>user" in head
+    assert tail.startswith(" QUERY?") and tail.rstrip().endswith("<|im_start|>assistant")

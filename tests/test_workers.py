@@ -1,0 +1,100 @@
+"""Several workers as real Ray actors on CPU (gloo): ring == dense, star over 2 workers == star on 1,
+short samples, a needle found by SmolLM2, and a dying worker that stops the run without a hang."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from conftest import make_engine, random_ids, run_ids
+from star_runtime.parallel.launchers import WorkerFailure
+
+LENGTHS = [(100, 7), (37, 5), (3, 4)]  # (context, query) tokens; the last is shorter than the workers' chunks
+
+
+def dense_replies(model, cases, new_tokens):
+    with make_engine(model, attn_type="dense") as eng:
+        eng.launcher.worker.eos = set()
+        return [run_ids(eng, c, q, new_tokens) for c, q in cases]
+
+
+def no_eos(engine):
+    """Generate the full length (random models may hit an EOS id by chance)."""
+    import ray
+
+    ray.get([a.__ray_call__.remote(lambda self: setattr(self.worker, "eos", set())) for a in engine.launcher.actors])
+
+
+def cases_for(seed):
+    return [(random_ids(c, seed + i), random_ids(q, seed + 10 + i)) for i, (c, q) in enumerate(LENGTHS)]
+
+
+@pytest.mark.parametrize("model,world", [("random:tiny", 2), ("random:tiny", 3), ("random:tiny-qwen2", 2)])
+def test_ring_equals_dense(ray_session, model, world):
+    cases = cases_for(world)
+    ref = dense_replies(model, cases, 8)
+    with make_engine(model, attn_type="ring", num_workers=world) as eng:
+        no_eos(eng)
+        got = [run_ids(eng, c, q, 8) for c, q in cases]
+    for r, g, (c, _) in zip(ref, got, cases):
+        assert g.tokens == r.tokens
+        assert sum(g.shard_tokens) == len(c)
+        for a, b in zip(g.logits, r.logits):
+            assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
+def test_star_two_workers_equals_one_worker(ray_session):
+    ctx, query = random_ids(130, 21), random_ids(6, 22)
+    with make_engine(attn_type="star", block_size=32) as eng:
+        eng.launcher.worker.eos = set()
+        one = run_ids(eng, ctx, query, 10)
+    with make_engine(attn_type="star", block_size=32, num_workers=2) as eng:
+        no_eos(eng)
+        two = run_ids(eng, ctx, query, 10)
+    assert two.shard_tokens == [96, 34]  # blocks 0-2 | 3-4, in order
+    assert two.tokens == one.tokens
+    for a, b in zip(two.logits, one.logits):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_short_sample_on_three_workers_equals_dense(ray_session, capsys):
+    ctx, query = random_ids(20, 31), random_ids(5, 32)
+    (ref,) = dense_replies("random:tiny", [(ctx, query)], 8)
+    with make_engine(attn_type="star", block_size=64, num_workers=3) as eng:
+        no_eos(eng)
+        got = run_ids(eng, ctx, query, 8)
+    assert got.shard_tokens == [20, 0, 0]
+    assert got.tokens == ref.tokens
+    for a, b in zip(got.logits, ref.logits):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert "2 worker(s) hold no context" in capsys.readouterr().err
+
+
+def test_smollm2_star_two_workers_finds_needle(ray_session):
+    from star_runtime.needle import needle_prompt
+
+    with make_engine(None, attn_type="star", num_workers=2, chat_template=True, tokens_to_generate=24) as eng:
+        context, query, answer = needle_prompt(eng.tokenizer, 2000, depth=0.3)
+        rec = eng.generate(context, query)
+    assert 1900 <= rec["context_tokens"] <= 2100
+    assert rec["shard_tokens"][0] > 0 and rec["shard_tokens"][1] > 0
+    assert answer in rec["pred"], rec["pred"]
+
+
+def test_dead_worker_stops_the_run_with_a_clear_error(ray_session):
+    import ray
+
+    eng = make_engine(attn_type="star", num_workers=2, tokens_to_generate=4000)
+    no_eos(eng)
+    victim = eng.launcher.actors[0]
+    timer = threading.Timer(3.0, lambda: ray.kill(victim, no_restart=True))
+    timer.start()
+    t0 = time.time()
+    try:
+        with pytest.raises(WorkerFailure, match=r"worker 0 failed during sample 0"):
+            run_ids(eng, random_ids(60, 41), random_ids(4, 42), 4000)
+    finally:
+        timer.cancel()
+        eng.close()
+    assert time.time() - t0 < 60
