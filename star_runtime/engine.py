@@ -52,7 +52,9 @@ class Engine:
                 f"{where}: context ({len(ctx)}) + query ({len(qry)}) + tokens_to_generate ({n}) = {total} tokens "
                 f"exceeds the model window of {self.window}; shorten the context or lower --tokens_to_generate"
             )
-        return Request(index, ctx, qry, n, seed=zlib.crc32(str(index).encode()), keep_logits=keep_logits)
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        return Request(index, ctx, qry, n, seed=zlib.crc32(str(index).encode()), keep_logits=keep_logits,
+                       extra_eos=eos)
 
     def layout_notice(self, req: Request) -> str | None:
         """One line when a short sample leaves workers without context (the run goes on)."""

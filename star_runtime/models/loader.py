@@ -41,7 +41,7 @@ def resolve_model(spec: str | None) -> ModelSource:
                 f"unknown random model {spec!r}; choose one of: "
                 + ", ".join(RANDOM_PREFIX + n for n in sorted(RANDOM_CONFIGS))
             )
-        return ModelSource("random", name, spec, str(bundled_tokenizer_dir()))
+        return ModelSource("random", name, spec, "")  # tokenizer: the bundled one, resolved when needed
     p = Path(spec).expanduser()
     if not p.exists():
         raise ConfigError(f"--model_path {spec} does not exist; give an HF model folder, a .gguf file, "
@@ -63,7 +63,7 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source.tokenizer_path)
+    return AutoTokenizer.from_pretrained(source.tokenizer_path or str(bundled_tokenizer_dir()))
 
 
 def model_config(source: ModelSource):

@@ -30,6 +30,7 @@ class Request:
     max_new_tokens: int
     seed: int = 0
     keep_logits: bool = False
+    extra_eos: list[int] = field(default_factory=list)  # the tokenizer's EOS, if the model config lacks it
 
 
 @dataclass
@@ -58,9 +59,11 @@ class Worker:
             torch.set_num_threads(threads)
         self.group = Group.init(rank, world_size, self.device, init_method, cfg.collective_timeout_s)
         self.model = load_model(source, resolve_dtype(cfg.dtype, cfg.device), self.device)
-        self.tokenizer = load_tokenizer(source)
-        self.eos = eos_ids(self.model, self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.source = source
+        self.tokenizer = None  # loaded on the query host only if stop words are asked for
+        self.eos = eos_ids(self.model, None)
+        pad = getattr(self.model.config, "pad_token_id", None)
+        self.pad_id = pad if isinstance(pad, int) else 0
 
     def info(self) -> dict:
         return {"rank": self.group.rank, "pid": os.getpid(), "device": str(self.device),
@@ -82,8 +85,12 @@ class Worker:
         g.barrier()
         phase1_s = time.perf_counter() - t0
         sampler = Sampler(self.cfg.temperature, self.cfg.top_p, self.cfg.seed + req.seed)
-        stop = StopChecker(self.tokenizer, self.cfg.stop_words) if g.is_host else None
-        gen = generate(self.model, g, shard, query, ctx.numel(), req.max_new_tokens, sampler, stop, self.eos,
+        stop = None
+        if g.is_host and self.cfg.stop_words:
+            self.tokenizer = self.tokenizer or load_tokenizer(self.source)
+            stop = StopChecker(self.tokenizer, self.cfg.stop_words)
+        eos = self.eos | set(req.extra_eos)
+        gen = generate(self.model, g, shard, query, ctx.numel(), req.max_new_tokens, sampler, stop, eos,
                        keep_logits=req.keep_logits)
         counts = g.all_gather(torch.tensor([len(shard)], device=self.device)).flatten().tolist()
         return Reply(req.index, gen.tokens, gen.stopped_by, phase1_s, gen.first_token_s, gen.decode_s,

@@ -1,0 +1,103 @@
+"""Phase-1 time, TTFT and decode latency of dense / ring / star on random-weight models (GPU).
+
+Runs one worker per process: plain `python` for one worker, `torchrun --nproc_per_node H` for H workers
+(the runtime's env:// path). Every mode listed runs in the same processes on the same model, so the
+numbers are comparable ratios. Writes one JSON line per (mode, length) to --out and prints a table.
+
+  python bench/bench_modes.py --modes dense --lengths 16384 32768 --out dense.jsonl
+  torchrun --nproc_per_node 2 bench/bench_modes.py --modes ring star --lengths 16384 32768 --out multi.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from star_runtime.config import RunConfig  # noqa: E402
+from star_runtime.models.loader import resolve_model  # noqa: E402
+from star_runtime.parallel.worker import Request, Worker  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="random:llama3-8b")
+    p.add_argument("--modes", nargs="+", default=["star"])
+    p.add_argument("--lengths", nargs="+", type=int, default=[16384, 32768])
+    p.add_argument("--block_size", type=int, default=-1, help="star block (-1: length / workers)")
+    p.add_argument("--anchor_block_size", type=int, default=-1)
+    p.add_argument("--query_tokens", type=int, default=64)
+    p.add_argument("--decode_tokens", type=int, default=33)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    cfg = RunConfig(model_path=a.model, attn_type=a.modes[0], num_workers=world, device=a.device, dtype=a.dtype,
+                    block_size=a.block_size, anchor_block_size=a.anchor_block_size,
+                    tokens_to_generate=a.decode_tokens).validate()
+    t0 = time.time()
+    worker = Worker(cfg, resolve_model(a.model), rank, world, "env://" if world > 1 else None)
+    worker.eos = set()  # random weights: always generate the full count
+    load_s = time.time() - t0
+    dev = worker.device
+    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    # warm-up: kernels, allocator, NCCL communicators
+    for mode in a.modes:
+        worker.cfg = cfg.replace(attn_type=mode)
+        worker.run(Request(-1, torch.randint(100, 30000, (2048,), generator=g).tolist(),
+                           torch.randint(100, 30000, (a.query_tokens,), generator=g).tolist(), 4))
+    for length in a.lengths:
+        ctx = torch.randint(100, 30000, (length,), generator=g).tolist()
+        qry = torch.randint(100, 30000, (a.query_tokens,), generator=g).tolist()
+        for mode in a.modes:
+            if mode == "dense" and world > 1:
+                continue
+            worker.cfg = cfg.replace(attn_type=mode)
+            reps = []
+            for _ in range(a.repeats):
+                torch.cuda.reset_peak_memory_stats(dev) if dev.type == "cuda" else None
+                r = worker.run(Request(0, ctx, qry, a.decode_tokens))
+                peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else 0.0
+                reps.append((r, peak))
+            best = min(reps, key=lambda x: x[0].phase1_s)
+            r = best[0]
+            row = {
+                "mode": mode, "workers": world if mode != "dense" else 1, "context": length,
+                "query": a.query_tokens, "block_size": (a.block_size if a.block_size > 0 else -(-length // world))
+                if mode == "star" else None,
+                "phase1_s": r.phase1_s, "phase1_s_all": [x[0].phase1_s for x in reps],
+                "ttft_s": r.phase1_s + r.first_token_s,
+                "decode_ms": 1000 * statistics.median([x[0].decode_s / max(1, x[0].steps - 1) for x in reps]),
+                "peak_gib_rank0": best[1], "model": a.model, "dtype": a.dtype, "card": card,
+                "torch": torch.__version__, "load_s": load_s,
+            }
+            rows.append(row)
+            if rank == 0:
+                print(json.dumps(row), flush=True)
+    if rank == 0:
+        print(f"\n{'mode':<6} {'workers':>7} {'context':>8} {'phase1 s':>9} {'TTFT s':>8} {'decode ms/tok':>13}")
+        for r in rows:
+            print(f"{r['mode']:<6} {r['workers']:>7} {r['context']:>8} {r['phase1_s']:>9.3f} {r['ttft_s']:>8.3f} "
+                  f"{r['decode_ms']:>13.2f}")
+        if a.out:
+            with open(a.out, "a") as f:
+                for r in rows:
+                    f.write(json.dumps(r) + "\n")
+    worker.close()
+
+
+if __name__ == "__main__":
+    main()
