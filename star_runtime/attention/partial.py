@@ -38,27 +38,26 @@ def partial_attention(
         raise ValueError(f"causal partial attention needs equal lengths, got Tq={q.shape[2]} Tk={k.shape[2]}")
     if k.shape[2] == 0 or q.shape[2] == 0:
         return empty_partial(q)
-    kernel = _pick_kernel(q)
+    kernel = _KERNEL or _pick_kernel(q)
     if kernel == "flash":
         return _flash(q, k, v, scale, causal)
-    if kernel == "efficient":
-        return _efficient(q, k, v, scale, causal)
     if kernel == "cpu_flash":
         return _cpu_flash(q, k, v, scale, causal)
+    if kernel == "efficient":
+        return _efficient(q, k, v, scale, causal)
     if kernel == "math":
         return _math(q, k, v, scale, causal)
     raise ValueError(f"unknown STAR_RUNTIME_ATTN_KERNEL {kernel!r}; use math, flash, efficient or cpu_flash")
 
 
+_KERNEL = os.environ.get("STAR_RUNTIME_ATTN_KERNEL")
+
+
 def _pick_kernel(q: torch.Tensor) -> str:
-    forced = os.environ.get("STAR_RUNTIME_ATTN_KERNEL")
-    if forced:
-        return forced
     if q.device.type == "cuda" and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0:
         return "flash" if q.dtype in (torch.float16, torch.bfloat16) else "efficient"
     if q.device.type == "cpu":
-        # A few query rows (decode) are cheaper without the K/V head copy the fused kernel needs.
-        return "cpu_flash" if q.shape[2] > 16 else "math"
+        return "cpu_flash"
     return "math"
 
 
@@ -71,7 +70,7 @@ def _expand_kv(q, k, v):
 
 
 def _flash(q, k, v, scale, causal):
-    k, v = _expand_kv(q, k, v)
+    # GQA natively (query head h reads KV head h // G): no K/V copies.
     res = torch.ops.aten._scaled_dot_product_flash_attention(
         q, k, v, 0.0, causal, False, scale=scale
     )
@@ -79,6 +78,12 @@ def _flash(q, k, v, scale, causal):
 
 
 def _efficient(q, k, v, scale, causal):
+    hq, hkv = q.shape[1], k.shape[1]
+    if not causal and hq != hkv:
+        # Fold the G query heads sharing a KV head into G times the rows: exact without a mask, no K/V copy.
+        b, _, tq, d = q.shape
+        out, lse = _efficient(q.reshape(b, hkv, (hq // hkv) * tq, d), k, v, scale, False)
+        return out.reshape(b, hq, tq, d), lse.reshape(b, hq, tq)
     k, v = _expand_kv(q, k, v)
     res = torch.ops.aten._scaled_dot_product_efficient_attention(
         q, k, v, None, True, 0.0, causal, scale=scale
@@ -87,7 +92,6 @@ def _efficient(q, k, v, scale, causal):
 
 
 def _cpu_flash(q, k, v, scale, causal):
-    k, v = _expand_kv(q, k, v)
     res = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
     return res[0].float(), res[1].float()
 
