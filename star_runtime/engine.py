@@ -68,10 +68,15 @@ class Engine:
         return None
 
     def run(self, req: Request) -> Reply:
-        msg = self.layout_notice(req)
-        if msg:
-            self.notice(msg)
-        return self.launcher.run(req)
+        return self.run_batch([req])[0]
+
+    def run_batch(self, reqs: list[Request]) -> list[Reply]:
+        """Several samples at once: phase 1 per sample, phase-2 decode batched."""
+        for req in reqs:
+            msg = self.layout_notice(req)
+            if msg:
+                self.notice(msg)
+        return self.launcher.run_batch(reqs)
 
     def record(self, req: Request, reply: Reply) -> dict:
         """The reference's prediction fields plus timings."""

@@ -8,7 +8,7 @@ import time
 
 from tqdm import tqdm
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .engine import Engine, mean
 from .io_jsonl import ResultWriter, finished_indices, read_samples
 
@@ -55,11 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_path", required=True, help="jsonl predictions, one line per sample, flushed")
     p.add_argument("--num_samples", type=int, default=-1, help="first N samples only (-1: all)")
     p.add_argument("--use_cache", action="store_true", help="resume: keep finished samples, run the rest")
+    p.add_argument("--batch_size", type=int, default=1,
+                   help="samples decoded together (phase 1 runs per sample; decode steps are batched)")
     return p
 
 
 def run_jsonl(cfg: RunConfig, input_path: str, output_path: str, num_samples: int = -1,
-              use_cache: bool = False, engine: Engine | None = None) -> list[dict]:
+              use_cache: bool = False, engine: Engine | None = None, batch_size: int = 1) -> list[dict]:
     """Run every unfinished sample of ``input_path``; returns this call's records."""
     samples = read_samples(input_path, num_samples)
     done = finished_indices(output_path) if use_cache else set()
@@ -74,28 +76,38 @@ def run_jsonl(cfg: RunConfig, input_path: str, output_path: str, num_samples: in
         reqs = [engine.prepare(s["input_context"], s["input_query"], s["index"],
                                where=f"{input_path}:{s['_line']} (index {s['index']})") for s in todo]
         writer = ResultWriter(output_path, resume=use_cache) if engine.is_writer else None
+        bar = tqdm(total=len(todo), desc=f"{cfg.attn_type} x{cfg.world_size}", disable=not engine.is_writer,
+                   unit="sample")
         try:
-            for s, req in tqdm(list(zip(todo, reqs)), desc=f"{cfg.attn_type} x{cfg.world_size}",
-                               disable=not engine.is_writer, unit="sample"):
-                rec = engine.record(req, engine.run(req))
-                out = {
-                    "index": s["index"], "pred": rec.pop("pred"),
-                    "input_context": s["input_context"], "input_query": s["input_query"],
-                    "outputs": s["outputs"] if "outputs" in s else ([s["output"]] if "output" in s else []),
-                    "others": s.get("others", {}), "truncation": s.get("truncation", -1),
-                    "length": s.get("length", rec["context_tokens"] + rec["query_tokens"]),
-                    **rec,
-                }
-                if writer:
-                    writer.write(out)
-                records.append(out)
+            for i in range(0, len(todo), batch_size):
+                chunk = list(zip(todo[i:i + batch_size], reqs[i:i + batch_size]))
+                replies = engine.run_batch([r for _, r in chunk])
+                for (s, req), reply in zip(chunk, replies):
+                    out = prediction_record(s, engine.record(req, reply))
+                    if writer:
+                        writer.write(out)
+                    records.append(out)
+                bar.update(len(chunk))
         finally:
+            bar.close()
             if writer:
                 writer.close()
     finally:
         if own:
             engine.close()
     return records
+
+
+def prediction_record(sample: dict, rec: dict) -> dict:
+    """The reference's output fields, then ours."""
+    return {
+        "index": sample["index"], "pred": rec.pop("pred"),
+        "input_context": sample["input_context"], "input_query": sample["input_query"],
+        "outputs": sample["outputs"] if "outputs" in sample else ([sample["output"]] if "output" in sample else []),
+        "others": sample.get("others", {}), "truncation": sample.get("truncation", -1),
+        "length": sample.get("length", rec["context_tokens"] + rec["query_tokens"]),
+        **rec,
+    }
 
 
 def summary_table(records: list[dict]) -> str:
@@ -117,7 +129,9 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     cfg = config_from_args(a)
     t0 = time.time()
-    records = run_jsonl(cfg, a.input_path, a.output_path, a.num_samples, a.use_cache)
+    if a.batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1 (got {a.batch_size})")
+    records = run_jsonl(cfg, a.input_path, a.output_path, a.num_samples, a.use_cache, batch_size=a.batch_size)
     if records:
         print(summary_table(records))
         print(json.dumps({"output_path": a.output_path, "samples_run": len(records),

@@ -1,8 +1,11 @@
 """Phase 2: the query and every generated token attend to all workers' KV exactly (star and ring alike).
 
-All workers run the same forward for the new tokens (SPMD); attention/phase2.py merges the partial
-attentions. The query host samples the next token and broadcasts it with a stop flag, so every worker
-takes the same path.
+All workers run the same forwards (SPMD); attention/phase2.py merges the partial attentions. The query host
+samples the next tokens and broadcasts them with stop flags, so every worker takes the same path.
+
+Several samples decode together: each sample's query is prefilled on its own (lengths differ), then every
+unfinished sample adds one token per step in one batched forward, with one collective per layer for the
+whole batch. Finished samples leave the batch.
 """
 
 from __future__ import annotations
@@ -16,15 +19,17 @@ from .attention.hooks import attention_state
 from .attention.phase2 import GlobalAttention
 from .kv.shard import ContextShard, QueryCache
 
+EOS, STOP_WORD = 1, 2
+
 
 @dataclass
 class Generation:
     tokens: list[int] = field(default_factory=list)
-    first_token_s: float = 0.0  # query prefill until the first token is known
-    decode_s: float = 0.0  # every later token
+    first_token_s: float = 0.0  # this sample's query prefill until its first token is known
+    decode_s: float = 0.0  # wall time of the decode steps this sample took part in
     stopped_by: str = "length"  # eos | stop_word | length
-    logits: list = field(default_factory=list)
-    steps: int = 0  # forwards run: 1 query prefill + (steps - 1) decode steps
+    steps: int = 0  # forwards: 1 query prefill + (steps - 1) decode steps
+    logits: list = field(default_factory=list)  # per step (V,) fp32 on the CPU, host only, if asked
 
 
 def _sync(device: torch.device) -> None:
@@ -38,50 +43,77 @@ def _num_layers(model) -> int:
 
 
 @torch.inference_mode()
-def generate(model, group, shard: ContextShard, query: torch.Tensor, start_pos: int, max_new_tokens: int,
-             sampler=None, stop_checker=None, eos: set[int] = frozenset(), keep_logits: bool = False
-             ) -> Generation:
-    """Query prefill then decode. query: (Tq,) long on the model device; start_pos = context length.
+def generate(model, group, shards: list[ContextShard], queries: list[torch.Tensor], starts: list[int],
+             max_new: list[int], samplers, stop_checkers, eos: set[int], keep_logits: bool = False
+             ) -> list[Generation]:
+    """Query prefill then decode for a batch of samples.
 
-    Returns the generated ids (without the EOS token) on every worker; with keep_logits, the host also
-    keeps every step's logits (V,) in fp32 on the CPU (for exactness tests).
+    queries[b]: (Tq_b,) long on the model device; starts[b]: sample b's context length (its first query
+    position); max_new[b]: its token cap; samplers/stop_checkers: per sample, used on the host only.
+    Returns per sample the generated ids (without EOS), identical on every worker.
     """
-    dev = query.device
-    cache = QueryCache(_num_layers(model), query.numel() + max_new_tokens) if group.is_host else None
-    state = GlobalAttention(group, shard, cache)
-    ids = query.unsqueeze(0)
-    pos = torch.arange(start_pos, start_pos + query.numel(), device=dev).unsqueeze(0)
-    gen = Generation()
-    msg = torch.zeros(2, dtype=torch.long, device=dev)
-    t0 = time.perf_counter()
-    for step in range(max_new_tokens):
+    dev = queries[0].device
+    n = len(queries)
+    host = group.is_host
+    caches = [QueryCache(_num_layers(model), q.numel() + m) for q, m in zip(queries, max_new)] if host else None
+    gens = [Generation() for _ in range(n)]
+    last = [0] * n
+    pos = [s + q.numel() for s, q in zip(starts, queries)]  # next position per sample
+    running = [True] * n
+
+    def forward(batch: list[int], ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        state = GlobalAttention(group, [shards[b] for b in batch], [caches[b] for b in batch] if host else None)
         with attention_state(state):
-            logits = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1).logits[0, -1]
-        gen.steps = step + 1
-        if cache is not None:
-            if keep_logits:
-                gen.logits.append(logits.float().cpu())
-            cache.commit(ids.shape[1])
-            tok = sampler(logits) if sampler is not None else int(torch.argmax(logits))
-            stop = 0
-            if tok in eos:
-                stop = 1
-            elif stop_checker is not None and stop_checker(gen.tokens + [tok]):
-                stop = 2
-            msg[0], msg[1] = tok, stop
+            logits = model(input_ids=ids, position_ids=position_ids, use_cache=False, logits_to_keep=1).logits
+        if host:
+            for b in batch:
+                caches[b].commit(ids.shape[1])
+        return logits[:, -1]
+
+    def decide(batch: list[int], logits: torch.Tensor | None) -> None:
+        """Host picks each sample's token and stop flag; every worker receives them."""
+        msg = torch.zeros(len(batch), 2, dtype=torch.long, device=dev)
+        if host:
+            rows = []
+            for i, b in enumerate(batch):
+                if keep_logits:
+                    gens[b].logits.append(logits[i].float().cpu())
+                tok = samplers[b](logits[i])
+                stop = EOS if tok in eos else 0
+                if not stop and stop_checkers[b] is not None and stop_checkers[b](gens[b].tokens + [tok]):
+                    stop = STOP_WORD
+                rows.append((tok, stop))
+            msg.copy_(torch.tensor(rows, dtype=torch.long))
         group.broadcast(msg, group.host)
-        tok, stop = int(msg[0]), int(msg[1])
-        if step == 0:
-            _sync(dev)
-            gen.first_token_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-        if stop != 1:
-            gen.tokens.append(tok)
-        if stop:
-            gen.stopped_by = "eos" if stop == 1 else "stop_word"
-            break
-        ids = msg[:1].view(1, 1).clone()
-        pos = pos[:, -1:] + 1
-    _sync(dev)
-    gen.decode_s = time.perf_counter() - t0 if gen.steps > 1 else 0.0
-    return gen
+        for (tok, stop), b in zip(msg.tolist(), batch):
+            gens[b].steps += 1
+            if stop != EOS:
+                gens[b].tokens.append(tok)
+            last[b] = tok
+            if stop:
+                gens[b].stopped_by = "eos" if stop == EOS else "stop_word"
+                running[b] = False
+            elif gens[b].steps >= max_new[b]:
+                running[b] = False
+
+    for b in range(n):  # query prefill, one sample at a time
+        t0 = time.perf_counter()
+        q = queries[b]
+        p = torch.arange(starts[b], starts[b] + q.numel(), device=dev).unsqueeze(0)
+        decide([b], forward([b], q.unsqueeze(0), p))
+        _sync(dev)
+        gens[b].first_token_s = time.perf_counter() - t0
+
+    while any(running):  # decode, every unfinished sample one token per step
+        batch = [b for b in range(n) if running[b]]
+        t0 = time.perf_counter()
+        ids = torch.tensor([[last[b]] for b in batch], dtype=torch.long, device=dev)
+        p = torch.tensor([[pos[b]] for b in batch], dtype=torch.long, device=dev)
+        decide(batch, forward(batch, ids, p))
+        for b in batch:
+            pos[b] += 1
+        _sync(dev)
+        dt = time.perf_counter() - t0
+        for b in batch:
+            gens[b].decode_s += dt
+    return gens

@@ -92,3 +92,27 @@ def test_killed_run_resumes_and_writes_every_sample_once(tmp_path):
     recs = [json.loads(l) for l in out.read_text().splitlines()]
     assert sorted(r["index"] for r in recs) == list(range(6))
     assert out.read_text().startswith(first)
+
+
+def test_torchrun_ranks_match_single_worker(tmp_path):
+    """The same worker code under torchrun (env:// rendezvous, gloo): ring on 2 ranks == dense on 1."""
+    rows = [{"index": i, "input_context": f"Line {i} of a longer context. " * (10 + 7 * i),
+             "input_query": f" Question {i}?"} for i in range(3)]
+    inp = tmp_path / "in.jsonl"
+    write_jsonl(inp, rows)
+    common = ["--model_path", "random:tiny", "--input_path", str(inp), "--tokens_to_generate", "6"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(ROOT / "run_star_attn_inference.py"), *common, "--attn_type", "dense",
+                    "--output_path", str(tmp_path / "dense.jsonl")], check=True, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    str(29500 + os.getpid() % 1000), str(ROOT / "run_star_attn_inference.py"), *common,
+                    "--attn_type", "ring", "-np", "2", "--launcher", "torchrun",
+                    "--output_path", str(tmp_path / "ring.jsonl")], check=True, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dense = [json.loads(l) for l in (tmp_path / "dense.jsonl").read_text().splitlines()]
+    ring = [json.loads(l) for l in (tmp_path / "ring.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in ring] == [0, 1, 2]  # written once, by the query host only
+    assert any(r["pred"] for r in dense)
+    assert [r["pred"] for r in ring] == [r["pred"] for r in dense]
+    assert all(sum(r["shard_tokens"]) == r["context_tokens"] and len(r["shard_tokens"]) == 2 for r in ring)

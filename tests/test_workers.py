@@ -98,3 +98,23 @@ def test_dead_worker_stops_the_run_with_a_clear_error(ray_session):
         timer.cancel()
         eng.close()
     assert time.time() - t0 < 60
+
+
+@pytest.mark.parametrize("mode,world", [("dense", 1), ("star", 2)])
+def test_batched_decode_equals_one_at_a_time(ray_session, mode, world):
+    cases = [(random_ids(n, 50 + n), random_ids(q, 60 + q)) for n, q in [(90, 5), (40, 9), (130, 3)]]
+    with make_engine(attn_type=mode, num_workers=world, block_size=32) as eng:
+        if world > 1:
+            no_eos(eng)
+        else:
+            eng.launcher.worker.eos = set()
+        from star_runtime.parallel.worker import Request
+
+        reqs = [Request(i, c, q, 6 + 2 * i, keep_logits=True) for i, (c, q) in enumerate(cases)]
+        alone = [eng.run(r) for r in reqs]
+        together = eng.run_batch(reqs)
+    for a, t in zip(alone, together):
+        assert t.tokens == a.tokens and len(t.tokens) == len(t.logits)
+        assert t.shard_tokens == a.shard_tokens
+        for x, y in zip(t.logits, a.logits):
+            assert torch.allclose(x, y, atol=1e-4)

@@ -16,7 +16,22 @@ class WorkerFailure(RuntimeError):
     """A worker died or raised; the run stops instead of hanging in a collective."""
 
 
-class InProcessLauncher:
+class _LocalWorker:
+    """The worker lives in this process."""
+
+    worker: Worker
+
+    def run(self, req: Request) -> Reply:
+        return self.worker.run(req)
+
+    def run_batch(self, reqs: list[Request]) -> list[Reply]:
+        return self.worker.run_batch(reqs)
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+class InProcessLauncher(_LocalWorker):
     """A single worker in the calling process: no process group, no Ray."""
 
     def __init__(self, cfg: RunConfig, source: ModelSource):
@@ -24,14 +39,8 @@ class InProcessLauncher:
         self.world_size = 1
         self.is_writer = True
 
-    def run(self, req: Request) -> Reply:
-        return self.worker.run(req)
 
-    def close(self) -> None:
-        self.worker.close()
-
-
-class TorchrunLauncher:
+class TorchrunLauncher(_LocalWorker):
     """This process is one rank of a torchrun / srun job (env:// rendezvous: RANK, WORLD_SIZE, MASTER_ADDR...).
 
     Every rank runs the same driver loop; only the query host writes results.
@@ -47,12 +56,6 @@ class TorchrunLauncher:
         self.worker = Worker(cfg, source, rank, world, "env://")
         self.world_size = world
         self.is_writer = self.worker.group.is_host
-
-    def run(self, req: Request) -> Reply:
-        return self.worker.run(req)
-
-    def close(self) -> None:
-        self.worker.close()
 
 
 def make_launcher(cfg: RunConfig, source: ModelSource):

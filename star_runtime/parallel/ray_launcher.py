@@ -33,8 +33,8 @@ class WorkerActor:
         self.worker = Worker(cfg, source, rank, world, init_method, threads=threads)
         return self.worker.info()
 
-    def run(self, req: Request) -> Reply:
-        return self.worker.run(req)
+    def run_batch(self, reqs: list[Request]) -> list[Reply]:
+        return self.worker.run_batch(reqs)
 
     def close(self) -> None:
         if self.worker is not None:
@@ -101,7 +101,11 @@ class RayLauncher:
         return ray.get(list(refs))
 
     def run(self, req: Request) -> Reply:
-        replies = self._gather([a.run.remote(req) for a in self.actors], f"sample {req.index}")
+        return self.run_batch([req])[0]
+
+    def run_batch(self, reqs: list[Request]) -> list[Reply]:
+        what = f"sample {reqs[0].index}" if len(reqs) == 1 else f"samples {[r.index for r in reqs]}"
+        replies = self._gather([a.run_batch.remote(reqs) for a in self.actors], what)
         return replies[-1]  # the query host is the last worker
 
     def _kill(self) -> None:

@@ -74,27 +74,33 @@ class Worker:
             torch.cuda.synchronize(self.device)
 
     def run(self, req: Request) -> Reply:
-        """Phase 1 then phase 2 for one sample; every worker returns the same tokens and timings."""
+        return self.run_batch([req])[0]
+
+    def run_batch(self, reqs: list[Request]) -> list[Reply]:
+        """Phase 1 for each sample, then phase 2 for all of them together; every worker returns the same."""
         g = self.group
-        ctx = torch.tensor(req.context_ids, dtype=torch.long, device=self.device)
-        query = torch.tensor(req.query_ids, dtype=torch.long, device=self.device)
-        g.barrier()
-        t0 = time.perf_counter()
-        shard = encode_context(self.model, self.cfg, g, ctx, self.pad_id)
-        self._sync()
-        g.barrier()
-        phase1_s = time.perf_counter() - t0
-        sampler = Sampler(self.cfg.temperature, self.cfg.top_p, self.cfg.seed + req.seed)
-        stop = None
+        shards, phase1 = [], []
+        for req in reqs:
+            ctx = torch.tensor(req.context_ids, dtype=torch.long, device=self.device)
+            g.barrier()
+            t0 = time.perf_counter()
+            shards.append(encode_context(self.model, self.cfg, g, ctx, self.pad_id))
+            self._sync()
+            g.barrier()
+            phase1.append(time.perf_counter() - t0)
+        samplers = [Sampler(self.cfg.temperature, self.cfg.top_p, self.cfg.seed + r.seed) for r in reqs]
+        stops = [None] * len(reqs)
         if g.is_host and self.cfg.stop_words:
             self.tokenizer = self.tokenizer or load_tokenizer(self.source)
-            stop = StopChecker(self.tokenizer, self.cfg.stop_words)
-        eos = self.eos | set(req.extra_eos)
-        gen = generate(self.model, g, shard, query, ctx.numel(), req.max_new_tokens, sampler, stop, eos,
-                       keep_logits=req.keep_logits)
-        counts = g.all_gather(torch.tensor([len(shard)], device=self.device)).flatten().tolist()
-        return Reply(req.index, gen.tokens, gen.stopped_by, phase1_s, gen.first_token_s, gen.decode_s,
-                     gen.steps, counts, gen.logits)
+            stops = [StopChecker(self.tokenizer, self.cfg.stop_words) for _ in reqs]
+        eos = self.eos | {e for r in reqs for e in r.extra_eos}
+        queries = [torch.tensor(r.query_ids, dtype=torch.long, device=self.device) for r in reqs]
+        gens = generate(self.model, g, shards, queries, [len(r.context_ids) for r in reqs],
+                        [r.max_new_tokens for r in reqs], samplers, stops, eos,
+                        keep_logits=any(r.keep_logits for r in reqs))
+        counts = g.all_gather(torch.tensor([len(s) for s in shards], device=self.device)).T.tolist()
+        return [Reply(r.index, gen.tokens, gen.stopped_by, p1, gen.first_token_s, gen.decode_s, gen.steps,
+                      cnt, gen.logits) for r, gen, p1, cnt in zip(reqs, gens, phase1, counts)]
 
     def close(self):
         self.group.destroy()
