@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-ATTN_TYPES = ("dense", "ring", "star")
+ATTN_TYPES = ("dense", "ring", "star", "block")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
 LAUNCHERS = ("ray", "torchrun")
@@ -41,6 +41,13 @@ class RunConfig:
     launcher: str = "ray"
     ray_address: str | None = None
     collective_timeout_s: float = 600.0
+    # block mode (Block-Attention): passages encoded alone, cached, re-encoded to their offsets
+    block_delimiter: str = "\n\n"
+    num_local_attention_blocks: int = -1  # first N blocks local, the rest folded into the final block; -1 = all
+    block_cache_gpu_gib: float = 4.0  # per worker; the device tier (host memory when --device cpu)
+    block_cache_cpu_gib: float = 8.0
+    block_cache_disk_dir: str | None = None
+    block_cache_disk_gib: float = 0.0
 
     def validate(self) -> "RunConfig":
         if self.attn_type not in ATTN_TYPES:
@@ -76,6 +83,16 @@ class RunConfig:
             raise ConfigError(f"--temperature must be >= 0 (got {self.temperature}); 0 means greedy")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"--top_p must be in (0, 1] (got {self.top_p})")
+        if self.attn_type == "block" and not self.block_delimiter:
+            raise ConfigError("--block_delimiter is empty; give the text that separates passages (default a blank line)")
+        if self.num_local_attention_blocks < -1:
+            raise ConfigError(f"--num_local_attention_blocks must be >= 0, or -1 for all blocks "
+                              f"(got {self.num_local_attention_blocks})")
+        for name in ("block_cache_gpu_gib", "block_cache_cpu_gib", "block_cache_disk_gib"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0 (got {getattr(self, name)})")
+        if self.block_cache_disk_gib > 0 and not self.block_cache_disk_dir:
+            raise ConfigError("--block_cache_disk_gib needs --block_cache_disk_dir")
         return self
 
     @property

@@ -19,7 +19,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by every job (the reference's names, plus ours)."""
     p.add_argument("--model_path", default=None,
                    help="HF model folder, .gguf file or random:<name>; default: the bundled SmolLM2-135M-Instruct")
-    p.add_argument("--attn_type", default="star", choices=["dense", "ring", "star"])
+    p.add_argument("--attn_type", default="star", choices=["dense", "ring", "star", "block"])
     p.add_argument("--block_size", type=int, default=-1,
                    help="star context block size in tokens (-1: context length / workers)")
     p.add_argument("--anchor_block_size", type=int, default=-1, help="star anchor size (-1: the block size)")
@@ -33,6 +33,15 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chat_template", action="store_true", help="wrap context + query in the model's chat template")
+    p.add_argument("--block_delimiter", default="\n\n",
+                   help="block mode: passages of input_context are cut at this text (default a blank line)")
+    p.add_argument("--num_local_attention_blocks", type=int, default=-1,
+                   help="block mode: first N blocks encoded alone, the rest folded into the final block "
+                        "(full attention); -1 = all, 0 = dense")
+    p.add_argument("--block_cache_gpu_gib", type=float, default=4.0, help="block KV cache, device tier, per worker")
+    p.add_argument("--block_cache_cpu_gib", type=float, default=8.0, help="block KV cache, CPU tier, per worker")
+    p.add_argument("--block_cache_disk_dir", default=None, help="block KV cache, optional disk tier folder")
+    p.add_argument("--block_cache_disk_gib", type=float, default=0.0, help="disk tier budget per worker")
     p.add_argument("--launcher", default="ray", choices=["ray", "torchrun"],
                    help="ray actors (default) or this process is a torchrun/srun rank (env://)")
     p.add_argument("--ray_address", default=None, help="existing Ray cluster (default: start a local one)")
@@ -44,7 +53,10 @@ def config_from_args(a) -> RunConfig:
         anchor_block_size=a.anchor_block_size, tokens_to_generate=a.tokens_to_generate,
         stop_words=[s for s in a.stop_words.split(",") if s], num_workers=a.num_workers, device=a.device,
         dtype=a.dtype, temperature=a.temperature, top_p=a.top_p, seed=a.seed, chat_template=a.chat_template,
-        launcher=a.launcher, ray_address=a.ray_address,
+        launcher=a.launcher, ray_address=a.ray_address, block_delimiter=a.block_delimiter,
+        num_local_attention_blocks=a.num_local_attention_blocks, block_cache_gpu_gib=a.block_cache_gpu_gib,
+        block_cache_cpu_gib=a.block_cache_cpu_gib, block_cache_disk_dir=a.block_cache_disk_dir,
+        block_cache_disk_gib=a.block_cache_disk_gib,
     )
 
 
@@ -74,7 +86,8 @@ def run_jsonl(cfg: RunConfig, input_path: str, output_path: str, num_samples: in
     records = []
     try:
         reqs = [engine.prepare(s["input_context"], s["input_query"], s["index"],
-                               where=f"{input_path}:{s['_line']} (index {s['index']})") for s in todo]
+                               where=f"{input_path}:{s['_line']} (index {s['index']})", blocks=s.get("blocks"))
+                for s in todo]
         writer = ResultWriter(output_path, resume=use_cache) if engine.is_writer else None
         bar = tqdm(total=len(todo), desc=f"{cfg.attn_type} x{cfg.world_size}", disable=not engine.is_writer,
                    unit="sample")
@@ -121,6 +134,13 @@ def summary_table(records: list[dict]) -> str:
         ("decode ms/token (mean)", f"{mean([r['decode_ms_per_token'] for r in records]):.2f}"),
         ("decode tokens/s (mean)", f"{mean([r['decode_tokens_per_s'] for r in records]):.1f}"),
     ]
+    caches = [r["block_cache"] for r in records if r.get("block_cache")]
+    if caches:
+        tot = {k: sum(c[k] for c in caches) for k in caches[0]}
+        rate = tot["hit_tokens"] / max(1, tot["hit_tokens"] + tot["miss_tokens"])
+        rows += [("block cache hits / misses", f"{tot['hits']} / {tot['misses']}"),
+                 ("block cache hit tokens", f"{tot['hit_tokens']} ({100 * rate:.1f}%)"),
+                 ("block cache evictions", f"{tot['evictions']}")]
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 

@@ -10,7 +10,7 @@ from .config import ConfigError
 
 
 def read_samples(path: str | os.PathLike, num_samples: int = -1) -> list[dict]:
-    """Read `{"index"?, "input_context", "input_query", "output"/"outputs"?}` lines.
+    """Read `{"index"?, "input_context" or "blocks", "input_query", "output"/"outputs"?}` lines.
 
     A missing index becomes the 0-based line order. Errors name the file and line number.
     """
@@ -29,10 +29,15 @@ def read_samples(path: str | os.PathLike, num_samples: int = -1) -> list[dict]:
                                   "each line must be one JSON object") from None
             if not isinstance(obj, dict):
                 raise ConfigError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            if "blocks" in obj:
+                blocks = obj["blocks"]
+                if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
+                    raise ConfigError(f"{path}:{lineno}: field 'blocks' must be a list of strings")
+                obj.setdefault("input_context", "".join(blocks))
             for key in ("input_context", "input_query"):
                 if key not in obj:
                     raise ConfigError(f"{path}:{lineno}: missing field {key!r}; every line needs "
-                                      "input_context and input_query")
+                                      "input_context (or blocks) and input_query")
                 if not isinstance(obj[key], str):
                     raise ConfigError(f"{path}:{lineno}: field {key!r} must be a string")
             obj.setdefault("index", len(samples))

@@ -8,17 +8,42 @@ with the query.
 
 from __future__ import annotations
 
+from .config import ConfigError
+
 _MARK = "\u2063\u2063STAR_RUNTIME_QUERY\u2063\u2063"
 
 
-def split_chat_template(tokenizer, context: str, query: str) -> tuple[str, str]:
+def chat_template_parts(tokenizer) -> tuple[str, str]:
+    """The chat template's text before and after the user turn's content (head, tail)."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("--chat_template was given but this tokenizer has no chat template; drop the flag")
+        raise ConfigError("--chat_template was given but this tokenizer has no chat template; drop the flag")
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": context + _MARK + query}], tokenize=False, add_generation_prompt=True
+        [{"role": "user", "content": _MARK}], tokenize=False, add_generation_prompt=True
     )
     head, tail = text.split(_MARK, 1)
     return head, tail
+
+
+def split_chat_template(tokenizer, context: str, query: str) -> tuple[str, str]:
+    head, tail = chat_template_parts(tokenizer)
+    return head + context, query + tail
+
+
+def split_blocks(context: str, delimiter: str) -> list[str]:
+    """Cut a context into blocks at ``delimiter``; each block keeps its trailing delimiter, so the blocks
+    join back to the exact text. Whitespace-only pieces join the block before them."""
+    parts = context.split(delimiter)
+    pieces = [p + delimiter for p in parts[:-1]] + [parts[-1]]
+    blocks: list[str] = []
+    for piece in pieces:
+        if blocks and not piece.strip():
+            blocks[-1] += piece
+        elif piece:
+            blocks.append(piece)
+    if len(blocks) > 1 and not blocks[0].strip():
+        first = blocks.pop(0)
+        blocks[0] = first + blocks[0]
+    return blocks
 
 
 def tokenize_prompt(tokenizer, context: str, query: str, chat_template: bool) -> tuple[list[int], list[int]]:

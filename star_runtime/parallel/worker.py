@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..attention.rope import RopeReencoder
+from ..block_mode import BlockSpec, encode_blocks
 from ..config import RunConfig
+from ..kv.block_store import BlockStore, gib
 from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype
 from ..phase1 import encode_context
 from ..phase2 import generate
@@ -31,6 +34,7 @@ class Request:
     seed: int = 0
     keep_logits: bool = False
     extra_eos: list[int] = field(default_factory=list)  # the tokenizer's EOS, if the model config lacks it
+    blocks: list[BlockSpec] | None = None  # block mode: the local blocks (context_ids is their concatenation)
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Reply:
     steps: int
     shard_tokens: list[int] = field(default_factory=list)  # context tokens held by each worker
     logits: list = field(default_factory=list)
+    cache: dict | None = None  # block mode: this sample's block-cache counts, summed over workers
 
 
 class Worker:
@@ -64,6 +69,34 @@ class Worker:
         self.eos = eos_ids(self.model, None)
         pad = getattr(self.model.config, "pad_token_id", None)
         self.pad_id = pad if isinstance(pad, int) else 0
+        self.store: BlockStore | None = None
+        self.reencoder: RopeReencoder | None = None
+        if cfg.attn_type == "block":
+            self._block_setup()
+
+    def _block_setup(self) -> None:
+        cfg, rank = self.cfg, self.group.rank
+        disk = os.path.join(cfg.block_cache_disk_dir, f"rank{rank}") if cfg.block_cache_disk_dir else None
+        self.store = BlockStore(self.device, gib(cfg.block_cache_gpu_gib), gib(cfg.block_cache_cpu_gib),
+                                disk, gib(cfg.block_cache_disk_gib))
+        self.reencoder = RopeReencoder(self.model)
+
+    def _encode(self, req: Request):
+        """Phase 1 for one sample: block mode (cached blocks, re-encoded) or dense / star / ring."""
+        if req.blocks is not None:
+            if self.store is None:
+                self._block_setup()
+            total = len(req.context_ids) + len(req.query_ids)
+            return encode_blocks(self.model, req.blocks, self.group.rank, self.store, self.reencoder, total,
+                                 self.pad_id)
+        ctx = torch.tensor(req.context_ids, dtype=torch.long, device=self.device)
+        return encode_context(self.model, self.cfg, self.group, ctx, self.pad_id)
+
+    def _cache_counts(self) -> list[int]:
+        if self.store is None:
+            return [0, 0, 0, 0, 0]
+        st = self.store.stats
+        return [sum(st.hits.values()), st.misses, st.hit_tokens, st.miss_tokens, sum(st.evictions.values())]
 
     def info(self) -> dict:
         return {"rank": self.group.rank, "pid": os.getpid(), "device": str(self.device),
@@ -79,15 +112,16 @@ class Worker:
     def run_batch(self, reqs: list[Request]) -> list[Reply]:
         """Phase 1 for each sample, then phase 2 for all of them together; every worker returns the same."""
         g = self.group
-        shards, phase1 = [], []
+        shards, phase1, cache = [], [], []
         for req in reqs:
-            ctx = torch.tensor(req.context_ids, dtype=torch.long, device=self.device)
+            before = self._cache_counts()
             g.barrier()
             t0 = time.perf_counter()
-            shards.append(encode_context(self.model, self.cfg, g, ctx, self.pad_id))
+            shards.append(self._encode(req))
             self._sync()
             g.barrier()
             phase1.append(time.perf_counter() - t0)
+            cache.append([a - b for a, b in zip(self._cache_counts(), before)])
         samplers = [Sampler(self.cfg.temperature, self.cfg.top_p, self.cfg.seed + r.seed) for r in reqs]
         stops = [None] * len(reqs)
         if g.is_host and self.cfg.stop_words:
@@ -99,8 +133,16 @@ class Worker:
                         [r.max_new_tokens for r in reqs], samplers, stops, eos,
                         keep_logits=any(r.keep_logits for r in reqs))
         counts = g.all_gather(torch.tensor([len(s) for s in shards], device=self.device)).T.tolist()
+        blocks = [r.blocks is not None for r in reqs]
+        if any(blocks):  # sum every worker's cache counts: (W, samples, 5) -> (samples, 5)
+            cache = g.all_gather(torch.tensor(cache, device=self.device)).sum(0).tolist()
+        names = ("hits", "misses", "hit_tokens", "miss_tokens", "evictions")
         return [Reply(r.index, gen.tokens, gen.stopped_by, p1, gen.first_token_s, gen.decode_s, gen.steps,
-                      cnt, gen.logits) for r, gen, p1, cnt in zip(reqs, gens, phase1, counts)]
+                      cnt, gen.logits, dict(zip(names, c)) if b else None)
+                for r, gen, p1, cnt, c, b in zip(reqs, gens, phase1, counts, cache, blocks)]
+
+    def cache_summary(self) -> dict | None:
+        return self.store.summary() if self.store is not None else None
 
     def close(self):
         self.group.destroy()

@@ -1,0 +1,184 @@
+"""Block-Attention mode: cached, re-encoded blocks give exactly what a full forward with the block mask
+gives; a cache hit equals a miss; tiny budgets evict and stay correct; placement follows the cache."""
+
+import pytest
+import torch
+
+from conftest import make_engine
+from star_runtime.config import ConfigError
+
+PASSAGES = [
+    "The lighthouse keeper counted ships every night. ",
+    "Copper turns green when it weathers in rain and salt air. ",
+    "In the village market, apples cost three coins and pears cost five. ",
+    "A short note. ",
+]
+QUERY = " Question: what do pears cost? Answer:"
+
+
+def block_mask_reference(engine, blocks_ids, final_ids, new_tokens):
+    """The stock model (SDPA) over the whole prompt with the Block-Attention mask, greedy, no cache:
+    each local block sees only itself (causally); the final block and generated tokens see everything."""
+    model = engine.launcher.worker.model
+    seq = [t for b in blocks_ids for t in b] + list(final_ids)
+    seg, s = [], 0
+    for i, b in enumerate(blocks_ids):
+        seg += [i] * len(b)
+    local_len = len(seg)
+    model.set_attn_implementation("sdpa")
+    logits_all, out = [], []
+    try:
+        for _ in range(new_tokens):
+            t = len(seq)
+            mask = torch.ones(t, t, dtype=torch.bool).tril()
+            for i in range(local_len):
+                for j in range(i + 1):
+                    mask[i, j] = seg[i] == seg[j]
+            with torch.inference_mode():
+                logits = model(torch.tensor([seq]), attention_mask=mask[None, None],
+                               position_ids=torch.arange(t)[None]).logits[0, -1].float()
+            logits_all.append(logits)
+            tok = int(logits.argmax())
+            out.append(tok)
+            seq.append(tok)
+    finally:
+        model.set_attn_implementation("star_runtime")
+    return out, logits_all
+
+
+def run(engine, blocks, query=QUERY, n=6):
+    req = engine.prepare("", query, blocks=blocks, keep_logits=True, max_new_tokens=n)
+    return req, engine.run(req)
+
+
+def no_eos(engine):
+    engine.launcher.worker.eos = set()
+
+
+@pytest.mark.parametrize("model", ["random:tiny", "random:tiny-qwen2"])
+def test_block_mode_equals_full_forward_with_block_mask(model):
+    with make_engine(model, attn_type="block") as eng:
+        no_eos(eng)
+        req, rep = run(eng, PASSAGES)
+        ids = [list(b.ids) for b in req.blocks]
+        ref_tokens, ref_logits = block_mask_reference(eng, ids, req.query_ids, 6)
+    assert [b.offset for b in req.blocks] == [0, len(ids[0]), len(ids[0]) + len(ids[1]),
+                                              len(ids[0]) + len(ids[1]) + len(ids[2])]
+    assert rep.tokens == ref_tokens
+    for a, b in zip(rep.logits, ref_logits):
+        assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
+def test_one_block_equals_dense():
+    text = "".join(PASSAGES)
+    with make_engine(attn_type="dense") as eng:
+        no_eos(eng)
+        dense = eng.run(eng.prepare(text, QUERY, keep_logits=True, max_new_tokens=6))
+    with make_engine(attn_type="block") as eng:
+        no_eos(eng)
+        _, one = run(eng, [text])
+        # N = 0: every block is folded into the final block, which is plain causal attention (dense) over
+        # the blocks' tokens (each block tokenized on its own)
+        eng.cfg.num_local_attention_blocks = 0
+        req, folded = run(eng, PASSAGES)
+        assert req.blocks == [] and len(req.query_ids) > 40
+        ref_tokens, ref_logits = block_mask_reference(eng, [], req.query_ids, 6)
+    assert one.tokens == dense.tokens
+    for a, b in zip(one.logits, dense.logits):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert folded.tokens == ref_tokens
+    for a, b in zip(folded.logits, ref_logits):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_seamless_switching_first_blocks_local_rest_global():
+    with make_engine(attn_type="block", num_local_attention_blocks=2) as eng:
+        no_eos(eng)
+        req, rep = run(eng, PASSAGES)
+        assert len(req.blocks) == 2
+        ids = [list(b.ids) for b in req.blocks]
+        ref_tokens, ref_logits = block_mask_reference(eng, ids, req.query_ids, 6)
+    assert rep.tokens == ref_tokens
+    assert torch.allclose(rep.logits[0], ref_logits[0], atol=1e-4)
+
+
+def test_cache_hit_equals_miss_at_new_offsets():
+    order = [PASSAGES[2], PASSAGES[0], PASSAGES[3], PASSAGES[1]]
+    with make_engine(attn_type="block") as cold:
+        no_eos(cold)
+        _, miss = run(cold, order)
+    assert miss.cache["misses"] == 4 and miss.cache["hits"] == 0
+    with make_engine(attn_type="block") as warm:
+        no_eos(warm)
+        run(warm, PASSAGES)  # encodes every passage at other offsets
+        _, hit = run(warm, order)
+    assert hit.cache["hits"] == 4 and hit.cache["misses"] == 0
+    assert hit.tokens == miss.tokens
+    for a, b in zip(hit.logits, miss.logits):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("disk", [False, True])
+def test_tiny_budget_evicts_and_stays_correct(tmp_path, disk):
+    with make_engine(attn_type="block") as ref_eng:
+        no_eos(ref_eng)
+        refs = [run(ref_eng, PASSAGES[i:] + PASSAGES[:i])[1] for i in range(4)]
+    one_block = 2 * 2 * 2 * 20 * 16 * 4  # layers * (k, v) * heads * ~20 tokens * head_dim * fp32
+    kw = dict(block_cache_gpu_gib=one_block / 2**30, block_cache_cpu_gib=one_block / 2**30)
+    if disk:
+        kw.update(block_cache_disk_dir=str(tmp_path / "blocks"), block_cache_disk_gib=1e-3)
+    with make_engine(attn_type="block", **kw) as eng:
+        no_eos(eng)
+        got = [run(eng, PASSAGES[i:] + PASSAGES[:i])[1] for i in range(4)]
+        again = run(eng, PASSAGES)[1]
+        summary = eng.launcher.worker.cache_summary()
+    ev = summary["evictions"]
+    assert ev["device_to_cpu"] > 0
+    assert (ev["cpu_to_disk"] > 0 and summary["hits"]["disk"] > 0) if disk else ev["dropped"] > 0
+    for g, r in zip(got + [again], refs + [refs[0]]):
+        assert g.tokens == r.tokens
+        assert torch.allclose(g.logits[0], r.logits[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("blocks,message", [
+    ([], "no blocks"),
+    (["text ", "   "], "block 1 is empty"),
+    (["word " * 9000], "block 0 has"),
+])
+def test_bad_block_input(blocks, message):
+    with make_engine(attn_type="block") as eng:
+        with pytest.raises(ConfigError, match=message):
+            eng.prepare("", QUERY, blocks=blocks)
+
+
+def test_delimiter_split_keeps_text_and_blocks():
+    from star_runtime.prompts import split_blocks
+
+    text = "\n\nFirst passage.\n\nSecond passage.\n\n\n\nThird."
+    blocks = split_blocks(text, "\n\n")
+    assert "".join(blocks) == text
+    assert len(blocks) == 3 and all(b.strip() for b in blocks)
+
+
+def test_two_workers_place_repeated_blocks_on_their_holder_and_match_one_worker(ray_session):
+    import ray
+
+    first = PASSAGES[:3]
+    second = [PASSAGES[3], PASSAGES[2], PASSAGES[0]]
+    with make_engine(attn_type="block") as one:
+        no_eos(one)
+        ref = run(one, second)[1]
+    with make_engine(attn_type="block", num_workers=2) as eng:
+        ray.get([a.__ray_call__.remote(lambda self: setattr(self.worker, "eos", set()))
+                 for a in eng.launcher.actors])
+        req1, rep1 = run(eng, first)
+        homes = {b.key: b.rank for b in req1.blocks}
+        assert set(homes.values()) == {0, 1}  # spread over both workers
+        req2, rep2 = run(eng, second)
+    for b in req2.blocks:
+        if b.key in homes:
+            assert b.rank == homes[b.key]
+    assert rep2.cache["hits"] == 2 and rep2.cache["misses"] == 1
+    assert rep2.tokens == ref.tokens
+    for a, b in zip(rep2.logits, ref.logits):
+        assert torch.allclose(a, b, atol=1e-4)
