@@ -73,16 +73,29 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
     if missing:
         for b, (kv, freq) in zip(missing, encode_new_blocks(model, missing, reencoder, device, pad_id)):
             store.put(b.key, kv, freq)
-            found[b.key] = (kv, freq)
-    kv = torch.cat([found[b.key][0] for b in mine], dim=3)  # (layers, 2, H_kv, L_mine, D): a fresh copy
-    dst_freq = reencoder.inv_freq(total_len)
-    delta = torch.cat([
-        reencoder.delta(torch.arange(len(b.ids), device=device), found[b.key][1],
-                        torch.arange(b.offset, b.offset + len(b.ids), device=device), dst_freq)
-        for b in mine
-    ])
-    cos, sin = reencoder.rotation(delta, device)
-    for layer in range(kv.shape[0]):
-        reencoder.apply_(kv[layer, 0], cos, sin)
-        shard.set(layer, kv[layer, 0].unsqueeze(0), kv[layer, 1].unsqueeze(0))
+            found[b.key] = (kv, freq.cpu())
+    # Cached blocks stay at positions 0..L-1; the shard gets fresh copies: values concatenated, keys
+    # concatenated then rotated to their offsets (every layer at once).
+    keys = torch.cat([found[b.key][0][:, 0] for b in mine], dim=2)  # (layers, H_kv, L_mine, D)
+    values = torch.cat([found[b.key][0][:, 1] for b in mine], dim=2)
+    delta = _delta_angles(mine, found, reencoder, reencoder.inv_freq(total_len), device)
+    keys = reencoder.apply(keys, *reencoder.rotation(delta, device))
+    for layer in range(keys.shape[0]):
+        shard.set(layer, keys[layer].unsqueeze(0), values[layer].unsqueeze(0))
     return shard
+
+
+def _delta_angles(mine: list[BlockSpec], found: dict, reencoder: RopeReencoder, dst_freq, device):
+    """(L_mine, D/2) angles from each block's stored positions/frequencies to its offset in the prompt.
+
+    Positions are built on the CPU and moved once; blocks encoded with the same frequencies (every RoPE type
+    but the dynamic ones) share one computation.
+    """
+    src = torch.cat([torch.arange(len(b.ids)) for b in mine]).to(device, non_blocking=True)
+    dst = torch.cat([torch.arange(b.offset, b.offset + len(b.ids)) for b in mine]).to(device, non_blocking=True)
+    freqs = [found[b.key][1] for b in mine]
+    if all(torch.equal(f, freqs[0]) for f in freqs[1:]):
+        return reencoder.delta(src, freqs[0], dst, dst_freq)
+    src_freq = torch.cat([f.expand(len(b.ids), -1) for b, f in zip(mine, freqs)]).to(device)
+    return (reencoder.angles(dst, dst_freq).double()
+            - (src.float()[:, None] * src_freq.float()).double())

@@ -182,3 +182,16 @@ def test_two_workers_place_repeated_blocks_on_their_holder_and_match_one_worker(
     assert rep2.tokens == ref.tokens
     for a, b in zip(rep2.logits, ref.logits):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_disk_tier_makes_the_next_run_start_warm(tmp_path):
+    kw = dict(attn_type="block", block_cache_disk_dir=str(tmp_path / "blocks"), block_cache_disk_gib=0.01)
+    with make_engine(**kw) as first:
+        no_eos(first)
+        _, cold = run(first, PASSAGES)
+    assert cold.cache["misses"] == 4
+    with make_engine(**kw) as second:
+        no_eos(second)
+        _, warm = run(second, PASSAGES[::-1])
+        hits = second.launcher.worker.store.stats.hits
+    assert warm.cache["hits"] == 4 and warm.cache["misses"] == 0 and hits["disk"] == 4

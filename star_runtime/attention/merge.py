@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..fused import fused
+
 
 def merge_partials(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge stacked partial attentions.
@@ -24,9 +26,16 @@ def merge_partials(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor
     return out, lse
 
 
+@fused
 def merge_two(o1, l1, o2, l2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge two partials: o (B, H, T, D) fp32, l (B, H, T) fp32."""
-    return merge_partials(torch.stack((o1, o2)), torch.stack((l1, l2)))
+    """Merge two partials: o (B, H, T, D), l (B, H, T); computed and returned in fp32."""
+    o1, l1, o2, l2 = o1.float(), l1.float(), o2.float(), l2.float()
+    m = torch.maximum(l1, l2)
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)  # both parts empty: zero output, lse -inf
+    w1, w2 = torch.exp(l1 - m), torch.exp(l2 - m)
+    s = w1 + w2
+    out = (o1 * w1.unsqueeze(-1) + o2 * w2.unsqueeze(-1)) / torch.where(s > 0, s, torch.ones_like(s)).unsqueeze(-1)
+    return out, m + torch.log(s)
 
 
 class OnlineMerge:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ..fused import fused
+
 _DYNAMIC_TYPES = ("dynamic", "longrope")
 
 
@@ -57,13 +59,19 @@ class RopeReencoder:
         cos, sin = torch.cos(d).float(), torch.sin(d).float()
         return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
-    def apply_(self, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate keys (..., L, D) in place by a rotation from ``rotation``; returns keys."""
+    def apply(self, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Keys (..., L, D) rotated by a rotation from ``rotation``, as a new tensor in the keys' dtype.
+
+        On CUDA the rotation is one fused kernel (torch.compile) reading the keys once and writing once.
+        """
         r = self.rotary_dim
-        k = keys[..., :r].float()
-        half = r // 2
-        rot = torch.cat((-k[..., half:], k[..., :half]), dim=-1)
-        keys[..., :r] = (k * cos + rot * sin).to(keys.dtype)
+        if r == keys.shape[-1]:
+            return _rotate(keys, cos, sin)
+        return torch.cat((_rotate(keys[..., :r], cos, sin), keys[..., r:]), dim=-1)
+
+    def apply_(self, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """In-place form of ``apply``; returns keys."""
+        keys.copy_(self.apply(keys, cos, sin))
         return keys
 
     def delta(self, src_pos, src_freq, dst_pos, dst_freq) -> torch.Tensor:
@@ -77,3 +85,12 @@ class RopeReencoder:
         """Keys (..., L, D) encoded at src_pos with src_freq become keys at dst_pos with dst_freq (in place)."""
         cos, sin = self.rotation(self.delta(src_pos, src_freq, dst_pos, dst_freq), keys.device)
         return self.apply_(keys, cos, sin)
+
+
+@fused
+def _rotate(k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """k (..., L, r) rotated pairwise (i, i + r/2) by cos/sin (L, r) in fp32; returns k's dtype."""
+    kf = k.float()
+    half = kf.shape[-1] // 2
+    rot = torch.cat((-kf[..., half:], kf[..., :half]), dim=-1)
+    return (kf * cos + rot * sin).to(k.dtype)

@@ -160,6 +160,18 @@ class BlockStore:
             self.lru["disk"][f.stem] = Entry(None, torch.empty(0), n, "disk")
             self.used["disk"] += n
 
+    def persist(self) -> int:
+        """Write the device and CPU tiers down to the disk tier (most recently used kept first), so a later
+        run with the same disk folder starts warm. Returns the number of blocks on disk afterwards."""
+        if self.disk_dir is None:
+            return 0
+        for tier in ("cpu", "device"):  # least recent first: the disk LRU ends with the freshest blocks
+            for key in list(self.lru[tier]):
+                entry = self.lru[tier].pop(key)
+                self.used[tier] -= entry.nbytes
+                self._insert(key, entry, "disk")
+        return len(self.lru["disk"])
+
     def summary(self) -> dict:
         return {**self.stats.as_dict(), "entries": {t: len(self.lru[t]) for t in TIERS},
                 "bytes": dict(self.used)}

@@ -145,4 +145,6 @@ class Worker:
         return self.store.summary() if self.store is not None else None
 
     def close(self):
+        if self.store is not None:
+            self.store.persist()
         self.group.destroy()

@@ -1,0 +1,119 @@
+"""Block-Attention TTFT: a prompt of cached passages vs a dense prefill of the same prompt, one GPU.
+
+For each total length: passages of --passage tokens (random ids) and a final block of --final tokens.
+Cold: the passages are encoded (misses) and cached. Warm: the same passages in a new order (so every block
+is re-encoded to a new offset) hit the cache. Dense: an ordinary prefill of the whole prompt. TTFT = phase 1
++ the final block's forward to the first token. Writes JSON lines to --out and prints a table.
+
+  python bench/bench_block_ttft.py --lengths 4096 8192 16384 32768 --out block.jsonl [--profile 32768]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from star_runtime.block_mode import BlockSpec  # noqa: E402
+from star_runtime.config import RunConfig  # noqa: E402
+from star_runtime.kv.block_store import block_key  # noqa: E402
+from star_runtime.models.loader import resolve_model  # noqa: E402
+from star_runtime.parallel.worker import Request, Worker  # noqa: E402
+
+
+def block_request(passages, final, order, model_id):
+    specs, off = [], 0
+    for i in order:
+        ids = passages[i]
+        specs.append(BlockSpec(block_key(model_id, ids), tuple(ids), off, 0))
+        off += len(ids)
+    ctx = [t for s in specs for t in s.ids]
+    return Request(0, ctx, final, 1, blocks=specs)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="random:llama3-8b")
+    p.add_argument("--lengths", nargs="+", type=int, default=[4096, 8192, 16384, 32768])
+    p.add_argument("--passage", type=int, default=512)
+    p.add_argument("--final", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--cache_gib", type=float, default=24.0)
+    p.add_argument("--profile", type=int, default=0, help="profile one warm run at this length")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+
+    cfg = RunConfig(model_path=a.model, attn_type="block", device=a.device, dtype=a.dtype,
+                    block_cache_gpu_gib=a.cache_gib, block_cache_cpu_gib=0).validate()
+    worker = Worker(cfg, resolve_model(a.model), 0, 1)
+    worker.eos = set()
+    dense_cfg = cfg.replace(attn_type="dense")
+    card = torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu"
+    g = torch.Generator().manual_seed(0)
+    rand = lambda n: torch.randint(100, 30000, (n,), generator=g).tolist()  # noqa: E731
+    rows = []
+    # warm-up (kernels, compile of the fused re-encoding)
+    wp = [rand(a.passage) for _ in range(4)]
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0]):
+        worker.run(block_request(wp, rand(a.final), order, "warm"))
+    worker.cfg = dense_cfg
+    worker.run(Request(0, rand(2048), rand(a.final), 1))
+    worker.cfg = cfg
+    for length in a.lengths:
+        n = length // a.passage
+        passages = [rand(a.passage) for _ in range(n)]
+        final = rand(a.final)
+        mid = f"bench-{length}"
+        cold = worker.run(block_request(passages, final, list(range(n)), mid))
+        warm = []
+        for r in range(a.repeats):
+            order = torch.randperm(n, generator=g).tolist()
+            warm.append(worker.run(block_request(passages, final, order, mid)))
+        assert all(w.cache["misses"] == 0 for w in warm)
+        worker.cfg = dense_cfg
+        dense = [worker.run(Request(0, [t for pp in passages for t in pp], final, 1)) for _ in range(3)]
+        worker.cfg = cfg
+        ttft = lambda r: r.phase1_s + r.first_token_s  # noqa: E731
+        row = {
+            "context": n * a.passage + a.final, "passages": n, "passage_tokens": a.passage, "final_tokens": a.final,
+            "warm_ttft_ms": 1000 * statistics.median(ttft(w) for w in warm),
+            "warm_phase1_ms": 1000 * statistics.median(w.phase1_s for w in warm),
+            "warm_final_block_ms": 1000 * statistics.median(w.first_token_s for w in warm),
+            "cold_ttft_ms": 1000 * ttft(cold),
+            "dense_ttft_ms": 1000 * statistics.median(ttft(d) for d in dense),
+            "card": card, "model": a.model, "torch": torch.__version__,
+        }
+        row["speedup_vs_dense"] = row["dense_ttft_ms"] / row["warm_ttft_ms"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if a.profile == length:
+            from torch.profiler import ProfilerActivity, profile
+
+            order = torch.randperm(n, generator=g).tolist()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                worker.run(block_request(passages, final, order, mid))
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18))
+            print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))
+    print(f"\n{'context':>8} {'warm TTFT ms':>12} {'(phase1':>8} {'final)':>7} {'cold ms':>8} {'dense ms':>9} "
+          f"{'speedup':>8}")
+    for r in rows:
+        print(f"{r['context']:>8} {r['warm_ttft_ms']:>12.2f} {r['warm_phase1_ms']:>8.2f} "
+              f"{r['warm_final_block_ms']:>7.2f} {r['cold_ttft_ms']:>8.1f} {r['dense_ttft_ms']:>9.1f} "
+              f"{r['speedup_vs_dense']:>7.1f}x")
+    if a.out:
+        with open(a.out, "a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
