@@ -26,6 +26,37 @@ from star_runtime.models.loader import resolve_model  # noqa: E402
 from star_runtime.parallel.worker import Request, Worker  # noqa: E402
 
 
+@torch.inference_mode()
+def hf_row(worker, ctx, qry, decode_tokens, length, a, card):
+    """The stock transformers model on the same weights: SDPA attention, DynamicCache, greedy decode."""
+    from transformers import DynamicCache
+
+    model, dev = worker.model, worker.device
+    model.set_attn_implementation("sdpa")
+    try:
+        ids = torch.tensor([ctx + qry], device=dev)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        cache = DynamicCache()
+        out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        torch.cuda.synchronize()
+        prefill = time.perf_counter() - t0
+        steps = []
+        for _ in range(decode_tokens - 1):
+            t1 = time.perf_counter()
+            out = model(tok, past_key_values=cache, use_cache=True)
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+            torch.cuda.synchronize()
+            steps.append(time.perf_counter() - t1)
+    finally:
+        model.set_attn_implementation("star_runtime")
+    return {"mode": "hf", "decode": "hf", "workers": 1, "context": length, "query": len(qry), "block_size": None,
+            "phase1_s": prefill, "phase1_s_all": [prefill], "ttft_s": prefill,
+            "decode_ms": 1000 * statistics.median(steps), "peak_gib_rank0": None, "model": a.model,
+            "dtype": a.dtype, "card": card, "torch": torch.__version__, "load_s": None}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="random:llama3-8b")
@@ -38,6 +69,9 @@ def main():
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--decodes", nargs="+", default=["graph"], help="decode paths to time: eager static graph")
+    p.add_argument("--hf_baseline", action="store_true",
+                   help="also time the stock transformers model (SDPA, DynamicCache) prefill + decode, 1 worker")
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
@@ -54,18 +88,22 @@ def main():
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     g = torch.Generator().manual_seed(0)
     rows = []
-    # warm-up: kernels, allocator, NCCL communicators
+    # warm-up: kernels, allocator, NCCL communicators, fused ops
     for mode in a.modes:
-        worker.cfg = cfg.replace(attn_type=mode)
-        worker.run(Request(-1, torch.randint(100, 30000, (2048,), generator=g).tolist(),
-                           torch.randint(100, 30000, (a.query_tokens,), generator=g).tolist(), 4))
+        for dec in a.decodes:
+            worker.cfg, worker.decode = cfg.replace(attn_type=mode), dec
+            worker.run(Request(-1, torch.randint(100, 30000, (2048,), generator=g).tolist(),
+                               torch.randint(100, 30000, (a.query_tokens,), generator=g).tolist(), 4))
     for length in a.lengths:
         ctx = torch.randint(100, 30000, (length,), generator=g).tolist()
         qry = torch.randint(100, 30000, (a.query_tokens,), generator=g).tolist()
-        for mode in a.modes:
+        if a.hf_baseline and world == 1:
+            rows.append(hf_row(worker, ctx, qry, a.decode_tokens, length, a, card))
+            print(json.dumps(rows[-1]), flush=True)
+        for mode, dec in [(m, d) for m in a.modes for d in a.decodes]:
             if mode == "dense" and world > 1:
                 continue
-            worker.cfg = cfg.replace(attn_type=mode)
+            worker.cfg, worker.decode = cfg.replace(attn_type=mode), dec
             reps = []
             for _ in range(a.repeats):
                 torch.cuda.reset_peak_memory_stats(dev) if dev.type == "cuda" else None
@@ -75,7 +113,7 @@ def main():
             best = min(reps, key=lambda x: x[0].phase1_s)
             r = best[0]
             row = {
-                "mode": mode, "workers": world if mode != "dense" else 1, "context": length,
+                "mode": mode, "decode": dec, "workers": world if mode != "dense" else 1, "context": length,
                 "query": a.query_tokens, "block_size": (a.block_size if a.block_size > 0 else -(-length // world))
                 if mode == "star" else None,
                 "phase1_s": r.phase1_s, "phase1_s_all": [x[0].phase1_s for x in reps],
@@ -88,10 +126,11 @@ def main():
             if rank == 0:
                 print(json.dumps(row), flush=True)
     if rank == 0:
-        print(f"\n{'mode':<6} {'workers':>7} {'context':>8} {'phase1 s':>9} {'TTFT s':>8} {'decode ms/tok':>13}")
+        print(f"\n{'mode':<6} {'decode':<6} {'workers':>7} {'context':>8} {'phase1 s':>9} {'TTFT s':>8} "
+              f"{'decode ms/tok':>13}")
         for r in rows:
-            print(f"{r['mode']:<6} {r['workers']:>7} {r['context']:>8} {r['phase1_s']:>9.3f} {r['ttft_s']:>8.3f} "
-                  f"{r['decode_ms']:>13.2f}")
+            print(f"{r['mode']:<6} {r['decode']:<6} {r['workers']:>7} {r['context']:>8} {r['phase1_s']:>9.3f} "
+                  f"{r['ttft_s']:>8.3f} {r['decode_ms']:>13.2f}")
         if a.out:
             with open(a.out, "a") as f:
                 for r in rows:

@@ -41,6 +41,7 @@ class RunConfig:
     launcher: str = "ray"
     ray_address: str | None = None
     collective_timeout_s: float = 600.0
+    decode: str = "auto"  # auto | eager | static | graph (CUDA graph per batch; auto = graph on GPUs)
     # block mode (Block-Attention): passages encoded alone, cached, re-encoded to their offsets
     block_delimiter: str = "\n\n"
     num_local_attention_blocks: int = -1  # first N blocks local, the rest folded into the final block; -1 = all
@@ -60,6 +61,8 @@ class RunConfig:
             raise ConfigError(f"unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.launcher not in LAUNCHERS:
             raise ConfigError(f"unknown launcher {self.launcher!r}; choose ray or torchrun")
+        if self.decode not in ("auto", "eager", "static", "graph"):
+            raise ConfigError(f"unknown --decode {self.decode!r}; choose auto, eager, static or graph")
         if self.num_workers < 1:
             raise ConfigError(f"--num_workers must be >= 1 (got {self.num_workers})")
         if self.block_size == 0 or self.block_size < -1:

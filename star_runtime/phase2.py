@@ -42,20 +42,38 @@ def _num_layers(model) -> int:
     return cfg.num_hidden_layers
 
 
+DECODE_MODES = ("auto", "eager", "static", "graph")
+
+
+def resolve_decode_mode(mode: str, model, device: torch.device) -> str:
+    """auto: a CUDA graph per batch on GPUs (unless the RoPE type needs the host), eager elsewhere."""
+    from .decode_step import graph_capturable
+
+    if mode == "auto":
+        return "graph" if device.type == "cuda" and graph_capturable(model) else "eager"
+    if mode == "graph" and (device.type != "cuda" or not graph_capturable(model)):
+        raise ValueError("--decode graph needs a CUDA device and a RoPE type without host-side updates; "
+                         "use --decode static or eager")
+    return mode
+
+
 @torch.inference_mode()
 def generate(model, group, shards: list[ContextShard], queries: list[torch.Tensor], starts: list[int],
-             max_new: list[int], samplers, stop_checkers, eos: set[int], keep_logits: bool = False
-             ) -> list[Generation]:
+             max_new: list[int], samplers, stop_checkers, eos: set[int], keep_logits: bool = False,
+             decode: str = "eager") -> list[Generation]:
     """Query prefill then decode for a batch of samples.
 
     queries[b]: (Tq_b,) long on the model device; starts[b]: sample b's context length (its first query
     position); max_new[b]: its token cap; samplers/stop_checkers: per sample, used on the host only.
-    Returns per sample the generated ids (without EOS), identical on every worker.
+    decode: eager (shapes shrink as samples finish), static (fixed shapes) or graph (static, replayed from
+    a CUDA graph). Returns per sample the generated ids (without EOS), identical on every worker.
     """
     dev = queries[0].device
     n = len(queries)
     host = group.is_host
-    caches = [QueryCache(_num_layers(model), q.numel() + m) for q, m in zip(queries, max_new)] if host else None
+    # static decode keeps finished samples in the batch, so every cache must hold the longest run
+    cap = [q.numel() + (max(max_new) if decode != "eager" else m) for q, m in zip(queries, max_new)]
+    caches = [QueryCache(_num_layers(model), c) for c in cap] if host else None
     gens = [Generation() for _ in range(n)]
     last = [0] * n
     pos = [s + q.numel() for s, q in zip(starts, queries)]  # next position per sample
@@ -103,6 +121,21 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
         decide([b], forward([b], q.unsqueeze(0), p))
         _sync(dev)
         gens[b].first_token_s = time.perf_counter() - t0
+
+    if decode != "eager" and any(running):
+        from .decode_step import DecodeStep
+
+        step = DecodeStep(model, group, shards, caches, last, pos, use_graph=decode == "graph")
+        while any(running):
+            batch = [b for b in range(n) if running[b]]
+            t0 = time.perf_counter()
+            logits = step(torch.tensor(last, dtype=torch.long, device=dev))
+            decide(batch, logits[batch] if host else None)
+            _sync(dev)
+            dt = time.perf_counter() - t0
+            for b in batch:
+                gens[b].decode_s += dt
+        return gens
 
     while any(running):  # decode, every unfinished sample one token per step
         batch = [b for b in range(n) if running[b]]

@@ -1,5 +1,6 @@
 """Greedy / sampled choice, EOS and stop words end generation; chat template split."""
 
+import pytest
 import torch
 
 from conftest import make_engine, random_ids, run_ids
@@ -22,9 +23,10 @@ def test_truncate_at_stop_words():
     assert truncate_at_stop_words("plain", []) == "plain"
 
 
-def test_stop_word_and_eos_end_generation():
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_stop_word_and_eos_end_generation(decode):
     ctx, query = random_ids(40, 1), random_ids(4, 2)
-    with make_engine(attn_type="dense") as eng:
+    with make_engine(attn_type="dense", decode=decode) as eng:
         worker = eng.launcher.worker
         worker.eos = set()
         full = run_ids(eng, ctx, query, 12)

@@ -118,3 +118,24 @@ def test_batched_decode_equals_one_at_a_time(ray_session, mode, world):
         assert t.shard_tokens == a.shard_tokens
         for x, y in zip(t.logits, a.logits):
             assert torch.allclose(x, y, atol=1e-4)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_static_decode_equals_eager(ray_session, world):
+    """Fixed-shape decode (the CUDA-graph path, run eagerly here) == the shrinking eager decode."""
+    from star_runtime.parallel.worker import Request
+
+    cases = [(random_ids(n, 70 + n), random_ids(q, 80 + q)) for n, q in [(90, 5), (40, 9), (130, 3)]]
+    out = {}
+    for mode in ("eager", "static"):
+        with make_engine(attn_type="star", num_workers=world, block_size=32, decode=mode) as eng:
+            if world > 1:
+                no_eos(eng)
+            else:
+                eng.launcher.worker.eos = set()
+            reqs = [Request(i, c, q, 4 + 3 * i, keep_logits=True) for i, (c, q) in enumerate(cases)]
+            out[mode] = eng.run_batch(reqs)
+    for e, s in zip(out["eager"], out["static"]):
+        assert s.tokens == e.tokens and len(s.tokens) == len(s.logits)
+        for x, y in zip(s.logits, e.logits):
+            assert torch.allclose(x, y, atol=1e-4)

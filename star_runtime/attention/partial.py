@@ -121,6 +121,19 @@ def _math(q, k, v, scale, causal):
     return out.view(B, Hq, Tq, D), lse.view(B, Hq, Tq)
 
 
+def masked_partial(q, k, v, scale: float, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the keys where ``valid`` (Tk,) is True: static shapes, for decode over a preallocated
+    cache whose length lives on the device. fp32 math; q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D)."""
+    B, Hq, Tq, D = q.shape
+    Hkv = k.shape[1]
+    qf = q.float().view(B, Hkv, Hq // Hkv, Tq, D)
+    scores = torch.einsum("bhgqd,bhkd->bhgqk", qf, k.float()) * scale
+    scores = scores.masked_fill(~valid, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.einsum("bhgqk,bhkd->bhgqd", torch.exp(scores - lse.unsqueeze(-1)), v.float())
+    return out.reshape(B, Hq, Tq, D), lse.reshape(B, Hq, Tq)
+
+
 def reference_attention(q, k, v, scale, causal=False) -> torch.Tensor:
     """Plain softmax attention in fp64 for tests: q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D) -> (B, Hq, Tq, D)."""
     k, v = _expand_kv(q, k, v)

@@ -12,20 +12,22 @@ import torch
 
 from ..kv.shard import ContextShard, QueryCache
 from .merge import merge_partials, merge_two, pack, unpack
-from .partial import empty_partial, partial_attention
+from .partial import empty_partial, masked_partial, partial_attention
 
 
 class GlobalAttention:
     """New tokens of A samples: q (A, Hq, T, D); k, v (A, Hkv, T, D). Returns (A, Hq, T, D).
 
     shards[a] is sample a's context shard on this worker; caches[a] its query/generated KV (query host
-    only, else None).
+    only, else None). ``static``: decode with fixed shapes (one token per sample, cache length on the device),
+    so the step can be captured in a CUDA graph.
     """
 
-    def __init__(self, group, shards: list[ContextShard], caches: list[QueryCache] | None):
+    def __init__(self, group, shards: list[ContextShard], caches: list[QueryCache] | None, static: bool = False):
         self.group = group
         self.shards = shards
         self.caches = caches
+        self.static = static
 
     def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
         outs, lses = [], []
@@ -34,7 +36,8 @@ class GlobalAttention:
             sk, sv = shard.get(layer)
             o, l = empty_partial(qa) if sk is None or sk.shape[2] == 0 else partial_attention(qa, sk, sv, scale)
             if self.caches is not None:
-                o, l = merge_two(o, l, *_own(self.caches[a], layer, qa, k[a:a + 1], v[a:a + 1], scale))
+                own = _own_static if self.static else _own
+                o, l = merge_two(o, l, *own(self.caches[a], layer, qa, k[a:a + 1], v[a:a + 1], scale))
             outs.append(o)
             lses.append(l)
         out, lse = (outs[0], lses[0]) if len(outs) == 1 else (torch.cat(outs), torch.cat(lses))
@@ -59,3 +62,9 @@ def _own(cache: QueryCache, layer, q, k, v, scale):
         ck, cv = cache.view(layer, prev)
         o, l = merge_two(o, l, *partial_attention(q, ck, cv, scale))
     return o, l
+
+
+def _own_static(cache: QueryCache, layer, q, k, v, scale):
+    """Decode over the preallocated cache: write at the device-side slot, attend to the valid slots."""
+    cache.write_static(layer, k, v)
+    return masked_partial(q, cache.k[layer], cache.v[layer], scale, cache.valid_static())

@@ -66,3 +66,23 @@ class QueryCache:
 
     def commit(self, t: int) -> None:
         self.length += t
+
+    # -- static decode (fixed shapes, device-side length: CUDA-graph friendly) ---------------------------
+    def make_static(self) -> None:
+        """From now on one token per step is written at the device-side index ``len_t``."""
+        dev = self.k[0].device
+        self.len_t = torch.tensor([self.length], dtype=torch.long, device=dev)
+        self.slots = torch.arange(self.capacity, device=dev)
+
+    def write_static(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: (1, H_kv, 1, D) written at slot ``len_t``."""
+        self.k[layer].index_copy_(2, self.len_t, k)
+        self.v[layer].index_copy_(2, self.len_t, v)
+
+    def valid_static(self) -> torch.Tensor:
+        """(capacity,) bool: slots holding tokens, the one written this step included."""
+        return self.slots <= self.len_t
+
+    def commit_static(self) -> None:
+        self.len_t += 1
+        self.length += 1

@@ -18,7 +18,7 @@ from ..config import RunConfig
 from ..kv.block_store import BlockStore, gib
 from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype
 from ..phase1 import encode_context
-from ..phase2 import generate
+from ..phase2 import generate, resolve_decode_mode
 from ..sampling import Sampler, StopChecker, eos_ids
 from .group import Group, local_device
 
@@ -69,6 +69,7 @@ class Worker:
         self.eos = eos_ids(self.model, None)
         pad = getattr(self.model.config, "pad_token_id", None)
         self.pad_id = pad if isinstance(pad, int) else 0
+        self.decode = resolve_decode_mode(cfg.decode, self.model, self.device)
         self.store: BlockStore | None = None
         self.reencoder: RopeReencoder | None = None
         if cfg.attn_type == "block":
@@ -131,7 +132,7 @@ class Worker:
         queries = [torch.tensor(r.query_ids, dtype=torch.long, device=self.device) for r in reqs]
         gens = generate(self.model, g, shards, queries, [len(r.context_ids) for r in reqs],
                         [r.max_new_tokens for r in reqs], samplers, stops, eos,
-                        keep_logits=any(r.keep_logits for r in reqs))
+                        keep_logits=any(r.keep_logits for r in reqs), decode=self.decode)
         counts = g.all_gather(torch.tensor([len(s) for s in shards], device=self.device)).T.tolist()
         blocks = [r.blocks is not None for r in reqs]
         if any(blocks):  # sum every worker's cache counts: (W, samples, 5) -> (samples, 5)
