@@ -75,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_jsonl(cfg: RunConfig, input_path: str, output_path: str, num_samples: int = -1,
-              use_cache: bool = False, engine: Engine | None = None, batch_size: int = 1) -> list[dict]:
-    """Run every unfinished sample of ``input_path``; returns this call's records."""
+              use_cache: bool = False, engine: Engine | None = None, batch_size: int = 1,
+              max_new_tokens: int | None = None) -> list[dict]:
+    """Run every unfinished sample of ``input_path``; returns this call's records.
+
+    max_new_tokens overrides --tokens_to_generate (benchmarks set it per task)."""
     samples = read_samples(input_path, num_samples)
     done = finished_indices(output_path) if use_cache else set()
     todo = [s for s in samples if s["index"] not in done]
@@ -88,7 +91,8 @@ def run_jsonl(cfg: RunConfig, input_path: str, output_path: str, num_samples: in
     records = []
     try:
         reqs = [engine.prepare(s["input_context"], s["input_query"], s["index"],
-                               where=f"{input_path}:{s['_line']} (index {s['index']})", blocks=s.get("blocks"))
+                               where=f"{input_path}:{s['_line']} (index {s['index']})", blocks=s.get("blocks"),
+                               max_new_tokens=max_new_tokens)
                 for s in todo]
         writer = ResultWriter(output_path, resume=use_cache) if engine.is_writer else None
         bar = tqdm(total=len(todo), desc=f"{cfg.attn_type} x{cfg.world_size}", disable=not engine.is_writer,

@@ -1,0 +1,51 @@
+"""Command line shared by run_ruler.py and run_babilong.py (the reference's flags, plus ours)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from star_runtime.config import ConfigError, RunConfig
+
+from .templates import PROMPT_TEMPLATES
+
+
+def build_parser(description: str, tasks: list[str], default_tasks: list[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("-n", "--model_name", default="smollm2-135m", help="experiment name prefix")
+    p.add_argument("-p", "--model_path", default=None,
+                   help="HF folder, .gguf, random:<name>; default: the bundled SmolLM2-135M-Instruct")
+    p.add_argument("-pc", "--prompt_config", default="smollm", choices=sorted(PROMPT_TEMPLATES),
+                   help="model prompt template")
+    p.add_argument("-a", "--attn_type", default="star", choices=["dense", "ring", "star", "block"])
+    p.add_argument("-bs", "--block_size", type=int, default=-1, help="star block size (-1: context / workers)")
+    p.add_argument("-as", "--anchor_block_size", type=int, default=-1, help="star anchor size (-1: block size)")
+    p.add_argument("-l", "--seq_lengths", type=int, nargs="+", required=True, help="sequence lengths in tokens")
+    p.add_argument("-t", "--tasks", nargs="+", default=default_tasks, choices=tasks)
+    p.add_argument("-d", "--pregen_data_dir", default=None, help="folder of pre-generated <length>/<task>/validation.jsonl")
+    p.add_argument("--num_samples_per_task", type=int, default=50)
+    p.add_argument("-nn", "--num_nodes", type=int, default=1, help="nodes (Ray places workers over them)")
+    p.add_argument("-np", "--nproc_per_node", type=int, default=1, help="workers per node")
+    p.add_argument("--output_dir", default="results")
+    p.add_argument("--data_dir", default=None, help="raw benchmark data (default: $STAR_RUNTIME_DATA)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--batch_size", type=int, default=1, help="samples decoded together")
+    p.add_argument("--seed", type=int, default=42, help="sample generation seed")
+    p.add_argument("--launcher", default="ray", choices=["ray", "torchrun"])
+    p.add_argument("--ray_address", default=None)
+    return p
+
+
+def config_from(a) -> RunConfig:
+    if a.batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1 (got {a.batch_size})")
+    if a.num_samples_per_task < 1:
+        raise ConfigError(f"--num_samples_per_task must be >= 1 (got {a.num_samples_per_task})")
+    for n in a.seq_lengths:
+        if n < 256:
+            raise ConfigError(f"sequence length {n} is too short for these tasks; use 256 tokens or more")
+    return RunConfig(model_path=a.model_path, attn_type=a.attn_type, block_size=a.block_size,
+                     anchor_block_size=a.anchor_block_size, num_workers=a.num_nodes * a.nproc_per_node,
+                     device=a.device, dtype=a.dtype, launcher=a.launcher,
+                     ray_address=a.ray_address or os.environ.get("RAY_ADDRESS")).validate()

@@ -1,0 +1,137 @@
+"""Run RULER tasks through one Engine: data (generated or pre-generated), predictions with resume, scores.
+
+Layout of an output folder (as the reference): <output_dir>/<model_name>_<attn>[_b<block>a<anchor>]/<length>/
+  data/<task>/validation.jsonl   the samples
+  <task>.jsonl                   predictions, one line per sample, written as each finishes
+  summary.json, summary.csv      scores per task and the average
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from star_runtime.config import RunConfig
+from star_runtime.engine import Engine
+from star_runtime.infer import run_jsonl
+
+from .data import resolve_data_dir
+from .generate import generate_task
+from .scoring import score_task
+from .tasks import task_family
+from .templates import split_template
+
+
+def run_name(model_name: str, cfg: RunConfig) -> str:
+    """The reference's folder name: model_attn, plus _b<block>a<anchor> for star."""
+    name = f"{model_name}_{cfg.attn_type}"
+    if cfg.attn_type == "star":
+        def short(n):
+            return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+        if cfg.block_size <= 0:
+            name += f"_bauto{'' if cfg.anchor_block_size <= 0 else 'a' + short(cfg.anchor_block_size)}"
+        else:
+            anchor = cfg.anchor_block_size if cfg.anchor_block_size > 0 else cfg.block_size
+            name += f"_b{short(cfg.block_size)}a{short(anchor)}"
+    return name
+
+
+class RulerBenchmark:
+    """RULER samples (generated once per folder, or pre-generated), its tokens to generate and its scoring.
+
+    run_benchmark drives any object with this interface (BABILong has its own).
+    """
+
+    name = "ruler"
+
+    def __init__(self, template: str, data_dir: str | None, pregen_dir: str | None = None, seed: int = 42):
+        self.template = template
+        self.data = resolve_data_dir(data_dir)
+        self.pregen_dir = pregen_dir
+        self.seed = seed
+        self.head, self.tail, self.stop_words = split_template(template)
+
+    def tokens_to_generate(self, task: str) -> int:
+        return task_family(task)["tokens_to_generate"]
+
+    def score(self, task: str, records: list[dict]) -> dict:
+        return score_task(task, records)
+
+    def generate(self, task: str, length: int, num_samples: int, tokenizer) -> list[dict]:
+        return generate_task(task, length, num_samples, tokenizer, self.head, self.tail, self.data, self.seed)
+
+    def samples_file(self, task: str, length: int, num_samples: int, engine: Engine, out_dir: Path) -> Path:
+        if self.pregen_dir:
+            f = Path(self.pregen_dir) / str(length) / task / "validation.jsonl"
+            if f.exists():
+                return f
+        return cached_samples(self, task, length, num_samples, engine, out_dir)
+
+
+def cached_samples(bench, task: str, length: int, num_samples: int, engine: Engine, out_dir: Path) -> Path:
+    """Samples generated once and kept next to the predictions; regenerated if the settings changed."""
+    f = out_dir / "data" / task / "validation.jsonl"
+    meta = {"benchmark": bench.name, "task": task, "length": length, "num_samples": num_samples,
+            "template": bench.template, "seed": bench.seed,
+            "tokenizer": engine.source.tokenizer_path or engine.source.name}
+    meta_file = f.with_suffix(".meta.json")
+    if f.exists() and meta_file.exists() and json.loads(meta_file.read_text()) == meta:
+        return f
+    samples = bench.generate(task, length, num_samples, engine.tokenizer)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    with open(f, "w") as fh:
+        for s in samples:
+            fh.write(json.dumps(s) + "\n")
+    meta_file.write_text(json.dumps(meta))
+    return f
+
+
+def write_summary(out_dir: Path, tasks: list[str], scores: dict) -> dict:
+    valid = [scores[t]["score"] for t in tasks if scores.get(t, {}).get("score") is not None]
+    summary = {"tasks": {t: scores[t] for t in tasks if t in scores},
+               "average": round(sum(valid) / len(valid), 2) if valid else None}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    with open(out_dir / "summary.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["Tasks"] + list(summary["tasks"]) + ["Average"])
+        w.writerow(["Score"] + [v["score"] for v in summary["tasks"].values()] + [summary["average"]])
+        w.writerow(["Nulls"] + [v["nulls"] for v in summary["tasks"].values()] + [""])
+    return summary
+
+
+def run_benchmark(cfg: RunConfig, model_name: str, bench, lengths: list[int], tasks: list[str],
+                  num_samples: int, output_dir: str, batch_size: int = 1) -> dict:
+    """Every (length, task): samples, predictions (resumed), scores; one engine, loaded once.
+
+    Returns {length: summary} (on the process that writes results).
+    """
+    cfg = cfg.replace(stop_words=list(cfg.stop_words) or bench.stop_words)
+    root = Path(output_dir) / run_name(model_name, cfg)
+    results = {}
+    with Engine(cfg) as engine:
+        for length in lengths:
+            out_dir = root / str(length)
+            scores = {}
+            for task in tqdm(tasks, desc=f"{bench.name} {length} tokens", unit="task",
+                             disable=not engine.is_writer):
+                samples = bench.samples_file(task, length, num_samples, engine, out_dir)
+                preds = out_dir / f"{task}.jsonl"
+                run_jsonl(cfg, str(samples), str(preds), num_samples, use_cache=True, engine=engine,
+                          batch_size=batch_size, max_new_tokens=bench.tokens_to_generate(task))
+                if engine.is_writer:
+                    scores[task] = bench.score(task, [json.loads(l) for l in open(preds) if l.strip()])
+            if engine.is_writer:
+                results[length] = write_summary(out_dir, tasks, scores)
+                print(format_summary(run_name(model_name, cfg), length, results[length]), flush=True)
+    return results
+
+
+def format_summary(name: str, length: int, summary: dict) -> str:
+    rows = [f"{name} @ {length} tokens"]
+    for t, v in summary["tasks"].items():
+        rows.append(f"  {t:<18} {v['score']:>7}  (nulls {v['nulls']})")
+    rows.append(f"  {'average':<18} {summary['average']:>7}")
+    return "\n".join(rows)
