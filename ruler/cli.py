@@ -10,6 +10,15 @@ from star_runtime.config import ConfigError, RunConfig
 from .templates import PROMPT_TEMPLATES
 
 
+def parse_length(text: str) -> int:
+    """4096, 4k or 4K -> 4096; 0 / 0k allowed (BABILong's facts-only length)."""
+    t = text.strip().lower()
+    try:
+        return int(t[:-1]) * 1024 if t.endswith("k") else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a length: {text!r} (use e.g. 4096 or 4k)") from None
+
+
 def build_parser(description: str, tasks: list[str], default_tasks: list[str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("-n", "--model_name", default="smollm2-135m", help="experiment name prefix")
@@ -20,7 +29,8 @@ def build_parser(description: str, tasks: list[str], default_tasks: list[str]) -
     p.add_argument("-a", "--attn_type", default="star", choices=["dense", "ring", "star", "block"])
     p.add_argument("-bs", "--block_size", type=int, default=-1, help="star block size (-1: context / workers)")
     p.add_argument("-as", "--anchor_block_size", type=int, default=-1, help="star anchor size (-1: block size)")
-    p.add_argument("-l", "--seq_lengths", type=int, nargs="+", required=True, help="sequence lengths in tokens")
+    p.add_argument("-l", "--seq_lengths", type=parse_length, nargs="+", required=True,
+                   help="sequence lengths in tokens (4096 or 4k)")
     p.add_argument("-t", "--tasks", nargs="+", default=default_tasks, choices=tasks)
     p.add_argument("-d", "--pregen_data_dir", default=None, help="folder of pre-generated <length>/<task>/validation.jsonl")
     p.add_argument("--num_samples_per_task", type=int, default=50)
@@ -37,14 +47,14 @@ def build_parser(description: str, tasks: list[str], default_tasks: list[str]) -
     return p
 
 
-def config_from(a) -> RunConfig:
+def config_from(a, min_length: int = 256) -> RunConfig:
     if a.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1 (got {a.batch_size})")
     if a.num_samples_per_task < 1:
         raise ConfigError(f"--num_samples_per_task must be >= 1 (got {a.num_samples_per_task})")
     for n in a.seq_lengths:
-        if n < 256:
-            raise ConfigError(f"sequence length {n} is too short for these tasks; use 256 tokens or more")
+        if n < min_length:
+            raise ConfigError(f"sequence length {n} is too short for these tasks; use {min_length} tokens or more")
     return RunConfig(model_path=a.model_path, attn_type=a.attn_type, block_size=a.block_size,
                      anchor_block_size=a.anchor_block_size, num_workers=a.num_nodes * a.nproc_per_node,
                      device=a.device, dtype=a.dtype, launcher=a.launcher,

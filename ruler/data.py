@@ -16,15 +16,16 @@ from pathlib import Path
 from star_runtime.config import ConfigError
 
 
-def resolve_data_dir(data_dir: str | None) -> Path:
+def resolve_data_dir(data_dir: str | None, need: str = "ruler") -> Path:
+    """The data folder; ``need`` is the benchmark subfolder it must hold (ruler or babilong)."""
     d = data_dir or os.environ.get("STAR_RUNTIME_DATA")
     if not d:
-        raise ConfigError("no data folder: pass --data_dir DIR or set STAR_RUNTIME_DATA (it holds ruler/ and "
-                          "nltk_data/; python -m ruler.download --data_dir DIR fetches the official files)")
+        raise ConfigError(f"no data folder: pass --data_dir DIR or set STAR_RUNTIME_DATA (it holds {need}/ and "
+                          "nltk_data/; python -m ruler.download --data_dir DIR fetches RULER's official files)")
     p = Path(d).expanduser()
-    if not (p / "ruler").is_dir():
-        raise ConfigError(f"data folder {p} has no ruler/ subfolder; point --data_dir at the folder holding ruler/ "
-                          "and nltk_data/")
+    if not (p / need).is_dir():
+        raise ConfigError(f"data folder {p} has no {need}/ subfolder; point --data_dir at the folder holding "
+                          f"{need}/ and nltk_data/")
     return p
 
 
