@@ -54,9 +54,10 @@ class QueryCache:
         if self.length + t > self.capacity:
             raise RuntimeError(f"query cache full: {self.length} + {t} > {self.capacity}")
         if self.k[layer] is None:
+            # zeros, not empty: static decode reads every slot (masked), and 0 * NaN of stale memory is NaN
             shape = (1, k.shape[1], self.capacity, k.shape[3])
-            self.k[layer] = torch.empty(shape, dtype=k.dtype, device=k.device)
-            self.v[layer] = torch.empty(shape, dtype=v.dtype, device=v.device)
+            self.k[layer] = torch.zeros(shape, dtype=k.dtype, device=k.device)
+            self.v[layer] = torch.zeros(shape, dtype=v.dtype, device=v.device)
         self.k[layer][:, :, self.length : self.length + t] = k
         self.v[layer][:, :, self.length : self.length + t] = v
 
