@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -82,10 +83,15 @@ def cached_samples(bench, task: str, length: int, num_samples: int, engine: Engi
         return f
     samples = bench.generate(task, length, num_samples, engine.tokenizer)
     f.parent.mkdir(parents=True, exist_ok=True)
-    with open(f, "w") as fh:
+    # written aside and renamed: torchrun ranks sharing the folder each write the same samples atomically
+    tmp = f.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
         for s in samples:
             fh.write(json.dumps(s) + "\n")
-    meta_file.write_text(json.dumps(meta))
+    os.replace(tmp, f)
+    tmp = meta_file.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, meta_file)
     return f
 
 

@@ -28,6 +28,11 @@ class WorkerActor:
     def address(self) -> tuple[str, int]:
         return node_ip(), free_port()
 
+    def where(self) -> dict:
+        """The Ray node this actor runs on, its IP and the GPUs Ray gave it."""
+        ctx = ray.get_runtime_context()
+        return {"node_id": ctx.get_node_id(), "ip": node_ip(), "gpus": [str(g) for g in ray.get_gpu_ids()]}
+
     def setup(self, cfg: RunConfig, source: ModelSource, rank: int, world: int, init_method: str,
               threads: int) -> dict:
         self.worker = Worker(cfg, source, rank, world, init_method, threads=threads)
@@ -39,6 +44,30 @@ class WorkerActor:
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
+
+
+def order_by_node(actors: list) -> tuple[list, list[dict]]:
+    """Sort actors so ranks follow node order, then GPU order: block i lives on a node no later than block
+    i + 1's. Node order is $STAR_RUNTIME_NODE_ORDER (comma-separated IPs or hostnames, as the Slurm launcher
+    sets it), else the order of the nodes in ray.nodes()."""
+    places = ray.get([a.where.remote() for a in actors])
+    order = [x.strip() for x in os.environ.get("STAR_RUNTIME_NODE_ORDER", "").split(",") if x.strip()]
+    known = {}
+    for n in ray.nodes():
+        known.setdefault(n["NodeID"], (n.get("NodeManagerAddress"), n.get("NodeManagerHostname")))
+
+    def node_rank(p):
+        ip, host = known.get(p["node_id"], (p["ip"], None))
+        for i, name in enumerate(order):
+            if name in (ip, host, p["ip"]):
+                return i
+        return len(order) + list(known).index(p["node_id"]) if p["node_id"] in known else 10**6
+
+    def gpu_key(p):
+        return [int(g) if g.isdigit() else 0 for g in p["gpus"]]
+
+    keyed = sorted(range(len(actors)), key=lambda i: (node_rank(places[i]), gpu_key(places[i]), i))
+    return [actors[i] for i in keyed], [places[i] for i in keyed]
 
 
 def ensure_ray(address: str | None, num_workers: int) -> None:
@@ -61,6 +90,8 @@ class RayLauncher:
         ensure_ray(cfg.ray_address, self.world_size)
         gpus = 1 if cfg.device == "cuda" else 0
         bundles = [{"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1} for _ in range(self.world_size)]
+        # PACK fills a node's GPUs before the next node's; over several nodes the ranks are then ordered by
+        # node (below), so consecutive context blocks stay on one node.
         self.pg = placement_group(bundles, strategy="PACK")
         try:
             ray.get(self.pg.ready(), timeout=120)
@@ -77,6 +108,7 @@ class RayLauncher:
             ).remote()
             for i in range(self.world_size)
         ]
+        self.actors, self.placement = order_by_node(self.actors)
         host, port = ray.get(self.actors[0].address.remote())
         threads = max(1, (os.cpu_count() or 1) // self.world_size)
         self.infos = self._gather(
