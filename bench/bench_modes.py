@@ -20,10 +20,24 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from flop_model import Shape, predicted_speedup, ring_flops, star_flops  # noqa: E402
 from star_runtime.config import RunConfig  # noqa: E402
 from star_runtime.models.loader import resolve_model  # noqa: E402
 from star_runtime.parallel.worker import Request, Worker  # noqa: E402
+
+
+def profile_phase1(worker, ctx, qry, rank):
+    """torch profiler over one run; rank 0 prints the kernels that take the GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if worker.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        worker.run(Request(0, ctx, qry, 2))
+    if rank == 0:
+        key = "cuda_time_total" if worker.device.type == "cuda" else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=15), flush=True)
 
 
 @torch.inference_mode()
@@ -69,6 +83,11 @@ def main():
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--cases", nargs="+", default=None,
+                   help="LENGTH:BLOCK pairs (BLOCK -1 = length / workers); overrides --lengths/--block_size")
+    p.add_argument("--max_batch_tokens", type=int, default=0, help="star: cap on tokens per batch of blocks")
+    p.add_argument("--profile", default=None, help="MODE:LENGTH to profile phase 1 once (rank 0 prints the table)")
+    p.add_argument("--peak_tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100/H200 SXM)")
     p.add_argument("--decodes", nargs="+", default=["graph"], help="decode paths to time: eager static graph")
     p.add_argument("--hf_baseline", action="store_true",
                    help="also time the stock transformers model (SDPA, DynamicCache) prefill + decode, 1 worker")
@@ -79,7 +98,9 @@ def main():
     rank = int(os.environ.get("RANK", 0))
     cfg = RunConfig(model_path=a.model, attn_type=a.modes[0], num_workers=world, device=a.device, dtype=a.dtype,
                     block_size=a.block_size, anchor_block_size=a.anchor_block_size,
-                    tokens_to_generate=a.decode_tokens).validate()
+                    tokens_to_generate=a.decode_tokens, max_batch_tokens=a.max_batch_tokens).validate()
+    cases = [tuple(int(x) for x in c.split(":")) for c in a.cases] if a.cases else \
+        [(n, a.block_size) for n in a.lengths]
     t0 = time.time()
     worker = Worker(cfg, resolve_model(a.model), rank, world, "env://" if world > 1 else None)
     worker.eos = set()  # random weights: always generate the full count
@@ -94,7 +115,8 @@ def main():
             worker.cfg, worker.decode = cfg.replace(attn_type=mode), dec
             worker.run(Request(-1, torch.randint(100, 30000, (2048,), generator=g).tolist(),
                                torch.randint(100, 30000, (a.query_tokens,), generator=g).tolist(), 4))
-    for length in a.lengths:
+    shape = Shape.from_config(worker.model.config)
+    for length, block in cases:
         ctx = torch.randint(100, 30000, (length,), generator=g).tolist()
         qry = torch.randint(100, 30000, (a.query_tokens,), generator=g).tolist()
         if a.hf_baseline and world == 1:
@@ -103,7 +125,12 @@ def main():
         for mode, dec in [(m, d) for m in a.modes for d in a.decodes]:
             if mode == "dense" and world > 1:
                 continue
-            worker.cfg, worker.decode = cfg.replace(attn_type=mode), dec
+            if mode != "star" and any(r["mode"] == mode and r["context"] == length and r["decode"] == dec
+                                      for r in rows):
+                continue  # dense/ring do not depend on the block size: one run per length
+            worker.cfg, worker.decode = cfg.replace(attn_type=mode, block_size=block), dec
+            if a.profile == f"{mode}:{length}" and dec == a.decodes[0]:
+                profile_phase1(worker, ctx, qry, rank)
             reps = []
             for _ in range(a.repeats):
                 torch.cuda.reset_peak_memory_stats(dev) if dev.type == "cuda" else None
@@ -112,10 +139,18 @@ def main():
                 reps.append((r, peak))
             best = min(reps, key=lambda x: x[0].phase1_s)
             r = best[0]
+            eff_block = (block if block > 0 else -(-length // world)) if mode == "star" else None
+            if mode == "star":
+                fl = star_flops(shape, length, world, eff_block)
+            elif mode == "ring":
+                fl = ring_flops(shape, length, world)
+            else:
+                fl = ring_flops(shape, length, 1)
+            tflops = sum(fl.values()) / r.phase1_s / 1e12
             row = {
                 "mode": mode, "decode": dec, "workers": world if mode != "dense" else 1, "context": length,
-                "query": a.query_tokens, "block_size": (a.block_size if a.block_size > 0 else -(-length // world))
-                if mode == "star" else None,
+                "query": a.query_tokens, "block_size": eff_block,
+                "phase1_tflops_per_gpu": tflops, "phase1_peak_fraction": tflops / a.peak_tflops,
                 "phase1_s": r.phase1_s, "phase1_s_all": [x[0].phase1_s for x in reps],
                 "ttft_s": r.phase1_s + r.first_token_s,
                 "decode_ms": 1000 * statistics.median([x[0].decode_s / max(1, x[0].steps - 1) for x in reps]),
@@ -126,11 +161,25 @@ def main():
             if rank == 0:
                 print(json.dumps(row), flush=True)
     if rank == 0:
+        # star vs ring, measured and as the FLOP model predicts, for every case both modes ran
+        for r in rows:
+            if r["mode"] == "star":
+                ring = next((x for x in rows if x["mode"] == "ring" and x["context"] == r["context"]
+                             and x["decode"] == r["decode"]), None)
+                if ring:
+                    r["star_vs_ring_measured"] = ring["phase1_s"] / r["phase1_s"]
+                    r["star_vs_ring_predicted"] = predicted_speedup(shape, r["context"], world, r["block_size"])
         print(f"\n{'mode':<6} {'decode':<6} {'workers':>7} {'context':>8} {'phase1 s':>9} {'TTFT s':>8} "
               f"{'decode ms/tok':>13}")
         for r in rows:
+            extra = ""
+            if r.get("phase1_tflops_per_gpu"):
+                extra += f"  {r['phase1_tflops_per_gpu']:.0f} TFLOP/s/GPU ({100 * r['phase1_peak_fraction']:.0f}% peak)"
+            if "star_vs_ring_measured" in r:
+                extra += (f"  star/ring {r['star_vs_ring_measured']:.2f}x (model {r['star_vs_ring_predicted']:.2f}x, "
+                          f"{100 * r['star_vs_ring_measured'] / r['star_vs_ring_predicted']:.0f}%)")
             print(f"{r['mode']:<6} {r['decode']:<6} {r['workers']:>7} {r['context']:>8} {r['phase1_s']:>9.3f} "
-                  f"{r['ttft_s']:>8.3f} {r['decode_ms']:>13.2f}")
+                  f"{r['ttft_s']:>8.3f} {r['decode_ms']:>13.2f}  block {r['block_size']}{extra}")
         if a.out:
             with open(a.out, "a") as f:
                 for r in rows:

@@ -41,6 +41,7 @@ class RunConfig:
     launcher: str = "ray"
     ray_address: str | None = None
     collective_timeout_s: float = 600.0
+    max_batch_tokens: int = 0  # star phase 1: cap on tokens per batch of blocks (0: all of a worker's blocks)
     decode: str = "auto"  # auto | eager | static | graph (CUDA graph per batch; auto = graph on GPUs)
     # block mode (Block-Attention): passages encoded alone, cached, re-encoded to their offsets
     block_delimiter: str = "\n\n"

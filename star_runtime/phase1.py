@@ -75,8 +75,13 @@ def encode_dense(model, ctx: torch.Tensor) -> ContextShard:
 
 
 @torch.inference_mode()
-def encode_star(model, ctx: torch.Tensor, plan: StarPlan, rank: int, pad_id: int = 0) -> ContextShard:
-    """Star phase 1 for this rank's blocks: anchor once, then all blocks in one batch. ctx: (L,)."""
+def encode_star(model, ctx: torch.Tensor, plan: StarPlan, rank: int, pad_id: int = 0,
+                max_batch_tokens: int = 0) -> ContextShard:
+    """Star phase 1 for this rank's blocks: anchor once, then the blocks in one batch. ctx: (L,).
+
+    max_batch_tokens > 0 caps a batch (memory for very long contexts): blocks then go in as few batches as
+    fit, in order.
+    """
     shard = ContextShard(_num_layers(model))
     mine = plan.blocks[rank]
     if not mine:
@@ -92,12 +97,15 @@ def encode_star(model, ctx: torch.Tensor, plan: StarPlan, rank: int, pad_id: int
         anchor = ContextShard(_num_layers(model))
         with attention_state(CausalPrefill(anchor)):
             _forward(model, ctx[:a].unsqueeze(0), torch.arange(a, device=dev).unsqueeze(0))
-    blocks = torch.tensor(mine, device=dev)
-    block_ids = ids[first * s:].view(len(mine), s)
-    block_pos = (blocks.unsqueeze(1) * s + torch.arange(s, device=dev).unsqueeze(0))
-    keep = end - first * s
-    with attention_state(StarBlocks(shard, anchor, blocks != 0, keep)):
-        _forward(model, block_ids, block_pos)
+    per_batch = len(mine) if max_batch_tokens <= 0 else max(1, max_batch_tokens // s)
+    for i in range(0, len(mine), per_batch):
+        chunk = mine[i:i + per_batch]
+        blocks = torch.tensor(chunk, device=dev)
+        block_ids = ids[chunk[0] * s:(chunk[-1] + 1) * s].view(len(chunk), s)
+        block_pos = blocks.unsqueeze(1) * s + torch.arange(s, device=dev).unsqueeze(0)
+        keep = min(end, (chunk[-1] + 1) * s) - chunk[0] * s
+        with attention_state(StarBlocks(shard, anchor, blocks != 0, keep)):
+            _forward(model, block_ids, block_pos)
     return shard
 
 
@@ -122,7 +130,7 @@ def encode_context(model, cfg, group, ctx: torch.Tensor, pad_id: int = 0) -> Con
         return encode_dense(model, ctx)
     if cfg.attn_type == "star":
         plan = star_plan(ctx.numel(), cfg.block_size, cfg.anchor_block_size, group.world_size)
-        return encode_star(model, ctx, plan, group.rank, pad_id)
+        return encode_star(model, ctx, plan, group.rank, pad_id, cfg.max_batch_tokens)
     if cfg.attn_type == "ring":
         return encode_ring(model, ctx, group, pad_id)
     raise ValueError(f"unknown attention type {cfg.attn_type!r}")

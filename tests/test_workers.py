@@ -139,3 +139,15 @@ def test_static_decode_equals_eager(ray_session, world):
         assert s.tokens == e.tokens and len(s.tokens) == len(s.logits)
         for x, y in zip(s.logits, e.logits):
             assert torch.allclose(x, y, atol=1e-4)
+
+
+def test_star_blocks_in_several_batches_equal_one_batch():
+    """Capping phase-1 batches (memory for very long contexts) changes nothing."""
+    ctx, query = random_ids(300, 91), random_ids(5, 92)
+    out = []
+    for cap in (0, 64):
+        with make_engine(attn_type="star", block_size=32, max_batch_tokens=cap) as eng:
+            eng.launcher.worker.eos = set()
+            out.append(run_ids(eng, ctx, query, 6))
+    assert out[0].tokens == out[1].tokens
+    assert torch.allclose(out[0].logits[0], out[1].logits[0], atol=1e-5)

@@ -6,7 +6,7 @@ never depend on how a library aligns a causal mask of unequal lengths.
 
 Kernels (each returns the LSE itself): on CUDA with bf16/fp16 the fused flash kernel; on CUDA fp32 the fused
 memory-efficient kernel; on the CPU torch's flash kernel for CPU. An fp32 math path chunked over queries is
-the reference they are tested against; ``STAR_RUNTIME_ATTN_KERNEL=math|flash|efficient|cpu_flash`` forces one.
+the reference they are tested against; ``STAR_RUNTIME_ATTN_KERNEL=math|flash|cudnn|efficient|cpu_flash`` forces one.
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ def partial_attention(
         return _cpu_flash(q, k, v, scale, causal)
     if kernel == "efficient":
         return _efficient(q, k, v, scale, causal)
+    if kernel == "cudnn":
+        return _cudnn(q, k, v, scale, causal)
     if kernel == "math":
         return _math(q, k, v, scale, causal)
-    raise ValueError(f"unknown STAR_RUNTIME_ATTN_KERNEL {kernel!r}; use math, flash, efficient or cpu_flash")
+    raise ValueError(f"unknown STAR_RUNTIME_ATTN_KERNEL {kernel!r}; use math, flash, cudnn, efficient or cpu_flash")
 
 
 _KERNEL = os.environ.get("STAR_RUNTIME_ATTN_KERNEL")
@@ -89,6 +91,17 @@ def _efficient(q, k, v, scale, causal):
         q, k, v, None, True, 0.0, causal, scale=scale
     )
     return res[0].float(), res[1][..., : q.shape[2]].float()
+
+
+def _cudnn(q, k, v, scale, causal):
+    hq, hkv = q.shape[1], k.shape[1]
+    if not causal and hq != hkv:  # fold GQA query heads into rows, as _efficient
+        b, _, tq, d = q.shape
+        out, lse = _cudnn(q.reshape(b, hkv, (hq // hkv) * tq, d), k, v, scale, False)
+        return out.reshape(b, hq, tq, d), lse.reshape(b, hq, tq)
+    k, v = _expand_kv(q, k, v)
+    res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)
+    return res[0].float(), res[1].reshape(q.shape[0], q.shape[1], q.shape[2]).float()
 
 
 def _cpu_flash(q, k, v, scale, causal):

@@ -44,5 +44,5 @@ class StarBlocks:
             out, lse = merge_two(out, lse, oa, la)
         flat_k = k.transpose(0, 1).reshape(1, hkv, nb * s, d)[:, :, : self.keep]
         flat_v = v.transpose(0, 1).reshape(1, hkv, nb * s, d)[:, :, : self.keep]
-        self.shard.set(layer, flat_k, flat_v)
+        self.shard.append(layer, flat_k, flat_v)
         return out.to(q.dtype)

@@ -18,17 +18,30 @@ class ContextShard:
     def __init__(self, num_layers: int):
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
+        self._parts: list[list] = [[] for _ in range(num_layers)]
 
     def set(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: (1, H_kv, T, D)."""
         self.keys[layer] = k.contiguous()
         self.values[layer] = v.contiguous()
 
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Add tokens (1, H_kv, T, D) after those already stored (phase 1 in several batches)."""
+        self._parts[layer].append((k, v))
+
     def get(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self._parts[layer]:
+            parts = ([(self.keys[layer], self.values[layer])] if self.keys[layer] is not None else []) \
+                + self._parts[layer]
+            self._parts[layer] = []
+            if len(parts) == 1:
+                self.set(layer, *parts[0])
+            else:
+                self.set(layer, torch.cat([k for k, _ in parts], dim=2), torch.cat([v for _, v in parts], dim=2))
         return self.keys[layer], self.values[layer]
 
     def __len__(self) -> int:
-        k = self.keys[0]
+        k, _ = self.get(0)
         return 0 if k is None else k.shape[2]
 
     def nbytes(self) -> int:

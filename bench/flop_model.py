@@ -1,0 +1,89 @@
+"""FLOP model of phase 1 per GPU: what ring and star must compute, and the speed-up it predicts.
+
+Per GPU, with context L over H workers, model of hidden size h, n_layers layers:
+  linear FLOPs per token   = 2 x (parameters of the q/k/v/o projections and the MLP)         (no LM head)
+  attention FLOPs per pair = 4 x heads x head_dim x n_layers    (q.k and p.v, 2 FLOPs per multiply-add)
+  ring : L/H tokens of linear work, and 1/H of the causal pairs L^2/2 (zigzag: every GPU the same).
+  star : its blocks (S tokens each, L/(H S) of them) plus one anchor of A tokens of linear work; attention
+         inside each block (S^2/2), from each block to the anchor (S x A), and the anchor's own (A^2/2).
+         The busiest GPU is any but the first (the first has block 0, which needs no anchor).
+The predicted speed-up assumes both run at the same FLOP rate.
+
+  python bench/flop_model.py --length 131072 --workers 4 --block 8192
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int = 4096
+    intermediate: int = 14336
+    layers: int = 32
+    heads: int = 32
+    kv_heads: int = 8
+    head_dim: int = 128
+
+    @classmethod
+    def from_config(cls, cfg) -> "Shape":
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return cls(cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads,
+                   cfg.num_key_value_heads, hd)
+
+    @property
+    def linear_flops_per_token(self) -> float:
+        q_o = 2 * self.hidden * self.heads * self.head_dim
+        k_v = 2 * self.hidden * self.kv_heads * self.head_dim
+        mlp = 3 * self.hidden * self.intermediate
+        return 2.0 * self.layers * (q_o + k_v + mlp)
+
+    @property
+    def attention_flops_per_pair(self) -> float:
+        return 4.0 * self.heads * self.head_dim * self.layers
+
+
+def ring_flops(shape: Shape, length: int, workers: int) -> dict:
+    tokens = length / workers
+    pairs = length * length / 2 / workers
+    return {"linear": tokens * shape.linear_flops_per_token, "attention": pairs * shape.attention_flops_per_pair}
+
+
+def star_flops(shape: Shape, length: int, workers: int, block: int, anchor: int | None = None) -> dict:
+    """The busiest GPU's FLOPs (a worker holding blocks other than block 0)."""
+    anchor = block if anchor is None else anchor
+    blocks = math.ceil(length / block)
+    per_worker = math.ceil(blocks / workers)
+    tokens = per_worker * block + anchor
+    pairs = per_worker * (block * block / 2 + block * anchor) + anchor * anchor / 2
+    return {"linear": tokens * shape.linear_flops_per_token, "attention": pairs * shape.attention_flops_per_pair}
+
+
+def predicted_speedup(shape: Shape, length: int, workers: int, block: int, anchor: int | None = None) -> float:
+    r, s = ring_flops(shape, length, workers), star_flops(shape, length, workers, block, anchor)
+    return sum(r.values()) / sum(s.values())
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--length", type=int, required=True)
+    p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--block", type=int, default=-1, help="-1: length / workers")
+    p.add_argument("--anchor", type=int, default=-1, help="-1: the block size")
+    a = p.parse_args(argv)
+    block = a.block if a.block > 0 else math.ceil(a.length / a.workers)
+    anchor = a.anchor if a.anchor > 0 else block
+    shape = Shape()
+    r, s = ring_flops(shape, a.length, a.workers), star_flops(shape, a.length, a.workers, block, anchor)
+    print(f"ring per GPU: {sum(r.values()) / 1e12:.1f} TFLOP (linear {r['linear'] / 1e12:.1f}, attention "
+          f"{r['attention'] / 1e12:.1f})")
+    print(f"star per GPU: {sum(s.values()) / 1e12:.1f} TFLOP (linear {s['linear'] / 1e12:.1f}, attention "
+          f"{s['attention'] / 1e12:.1f})")
+    print(f"predicted star speed-up over ring: {sum(r.values()) / sum(s.values()):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
