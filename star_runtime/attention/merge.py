@@ -12,6 +12,7 @@ import torch
 from ..fused import fused
 
 
+@fused
 def merge_partials(outs: torch.Tensor, lses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge stacked partial attentions.
 
@@ -64,6 +65,7 @@ class OnlineMerge:
             self.lse[:, :, q_slice] = l
 
 
+@fused
 def pack(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     """(B, H, T, D) + (B, H, T) -> one fp32 tensor (B, H, T, D + 1), so one collective moves both."""
     return torch.cat((out.float(), lse.float().unsqueeze(-1)), dim=-1)
