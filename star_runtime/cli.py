@@ -9,6 +9,8 @@ from .config import ConfigError
 COMMANDS = {
     "infer": ("star_runtime.infer", "run inference over a jsonl file (the reference's flags)"),
     "demo": ("star_runtime.needle", "find a needle in a generated haystack on the bundled model"),
+    "finetune-block": ("star_runtime.finetune.train", "teach a model Block-Attention (RAG data, block masks)"),
+    "eval-rag": ("star_runtime.finetune.eval_rag", "RAG accuracy on the held-out split in dense/block/star"),
 }
 
 
@@ -17,7 +19,7 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: star-runtime {" + ",".join(COMMANDS) + "} [flags]\n")
         for name, (_, text) in COMMANDS.items():
-            print(f"  {name:<8} {text}")
+            print(f"  {name:<15} {text}")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nstar-runtime: unknown command {argv[0]!r}", file=sys.stderr)
             return 2

@@ -16,7 +16,7 @@ from .models.loader import load_tokenizer, model_config, model_window, resolve_m
 from .parallel.launchers import make_launcher
 from .parallel.worker import Reply, Request
 from .phase1 import star_plan
-from .prompts import chat_template_parts, split_blocks, tokenize_prompt
+from .prompts import split_blocks, tokenize_blocks, tokenize_prompt
 from .sampling import truncate_at_stop_words
 
 
@@ -89,18 +89,14 @@ class Engine:
                 raise ConfigError(f"{where}: block {i} is empty; drop it or give it text")
         if not query.strip():
             raise ConfigError(f"{where}: input_query is empty; give the question or instruction")
-        if self.cfg.chat_template:
-            head, tail = chat_template_parts(self.tokenizer)
-            texts = [head] + texts if head else texts
-            query = query + tail
-        ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        ids, query_ids = tokenize_blocks(self.tokenizer, texts, query, self.cfg.chat_template)
         for i, b in enumerate(ids):
             if len(b) > self.window:
                 raise ConfigError(f"{where}: block {i} has {len(b)} tokens, beyond the model window of "
                                   f"{self.window}; split it into smaller passages")
         k = len(ids) if self.cfg.num_local_attention_blocks < 0 else self.cfg.num_local_attention_blocks
         local, folded = ids[:k], ids[k:]
-        qry = [t for b in folded for t in b] + self.tokenizer.encode(query, add_special_tokens=False)
+        qry = [t for b in folded for t in b] + query_ids
         ctx = [t for b in local for t in b]
         self._check_window(where, len(ctx), len(qry), n)
         return self._request(index, ctx, qry, n, keep_logits, self._place_blocks(local))

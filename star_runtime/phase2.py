@@ -30,6 +30,7 @@ class Generation:
     stopped_by: str = "length"  # eos | stop_word | length
     steps: int = 0  # forwards: 1 query prefill + (steps - 1) decode steps
     logits: list = field(default_factory=list)  # per step (V,) fp32 on the CPU, host only, if asked
+    prefill_logits: torch.Tensor | None = None  # (Tq, V) of the query prefill, host only, if asked
 
 
 def _sync(device: torch.device) -> None:
@@ -60,13 +61,15 @@ def resolve_decode_mode(mode: str, model, device: torch.device) -> str:
 @torch.inference_mode()
 def generate(model, group, shards: list[ContextShard], queries: list[torch.Tensor], starts: list[int],
              max_new: list[int], samplers, stop_checkers, eos: set[int], keep_logits: bool = False,
-             decode: str = "eager") -> list[Generation]:
+             decode: str = "eager", prefill_logits: bool = False) -> list[Generation]:
     """Query prefill then decode for a batch of samples.
 
     queries[b]: (Tq_b,) long on the model device; starts[b]: sample b's context length (its first query
     position); max_new[b]: its token cap; samplers/stop_checkers: per sample, used on the host only.
     decode: eager (shapes shrink as samples finish), static (fixed shapes) or graph (static, replayed from
-    a CUDA graph). Returns per sample the generated ids (without EOS), identical on every worker.
+    a CUDA graph). prefill_logits: the host also keeps the logits of every query position (Tq, V) (to
+    compare with a teacher-forced forward). Returns per sample the generated ids (without EOS), identical
+    on every worker.
     """
     dev = queries[0].device
     n = len(queries)
@@ -79,10 +82,13 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
     pos = [s + q.numel() for s, q in zip(starts, queries)]  # next position per sample
     running = [True] * n
 
-    def forward(batch: list[int], ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(batch: list[int], ids: torch.Tensor, position_ids: torch.Tensor, keep_all: bool = False):
         state = GlobalAttention(group, [shards[b] for b in batch], [caches[b] for b in batch] if host else None)
         with attention_state(state):
-            logits = model(input_ids=ids, position_ids=position_ids, use_cache=False, logits_to_keep=1).logits
+            logits = model(input_ids=ids, position_ids=position_ids, use_cache=False,
+                           logits_to_keep=0 if keep_all else 1).logits
+        if keep_all and host:
+            gens[batch[0]].prefill_logits = logits[0].float().cpu()
         if host:
             for b in batch:
                 caches[b].commit(ids.shape[1])
@@ -118,7 +124,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
         t0 = time.perf_counter()
         q = queries[b]
         p = torch.arange(starts[b], starts[b] + q.numel(), device=dev).unsqueeze(0)
-        decide([b], forward([b], q.unsqueeze(0), p))
+        decide([b], forward([b], q.unsqueeze(0), p, keep_all=prefill_logits))
         _sync(dev)
         gens[b].first_token_s = time.perf_counter() - t0
 

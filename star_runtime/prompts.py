@@ -52,3 +52,15 @@ def tokenize_prompt(tokenizer, context: str, query: str, chat_template: bool) ->
     ctx = tokenizer.encode(context, add_special_tokens=False)
     qry = tokenizer.encode(query, add_special_tokens=False)
     return ctx, qry
+
+
+def tokenize_blocks(tokenizer, blocks: list[str], query: str, chat_template: bool
+                    ) -> tuple[list[list[int]], list[int]]:
+    """Block-mode tokenization, shared by inference and block fine-tuning so both see the same ids: every
+    block on its own; with a chat template its head is a block of its own and its tail follows the query."""
+    if chat_template:
+        head, tail = chat_template_parts(tokenizer)
+        blocks = [head] + list(blocks) if head else list(blocks)
+        query = query + tail
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in blocks]
+    return ids, tokenizer.encode(query, add_special_tokens=False)

@@ -35,6 +35,7 @@ class Request:
     keep_logits: bool = False
     extra_eos: list[int] = field(default_factory=list)  # the tokenizer's EOS, if the model config lacks it
     blocks: list[BlockSpec] | None = None  # block mode: the local blocks (context_ids is their concatenation)
+    prefill_logits: bool = False  # return the logits of every query position (teacher-forcing checks)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Reply:
     shard_tokens: list[int] = field(default_factory=list)  # context tokens held by each worker
     logits: list = field(default_factory=list)
     cache: dict | None = None  # block mode: this sample's block-cache counts, summed over workers
+    prefill_logits: object = None  # (Tq, V) fp32, when asked
 
 
 class Worker:
@@ -132,14 +134,15 @@ class Worker:
         queries = [torch.tensor(r.query_ids, dtype=torch.long, device=self.device) for r in reqs]
         gens = generate(self.model, g, shards, queries, [len(r.context_ids) for r in reqs],
                         [r.max_new_tokens for r in reqs], samplers, stops, eos,
-                        keep_logits=any(r.keep_logits for r in reqs), decode=self.decode)
+                        keep_logits=any(r.keep_logits for r in reqs), decode=self.decode,
+                        prefill_logits=any(r.prefill_logits for r in reqs))
         counts = g.all_gather(torch.tensor([len(s) for s in shards], device=self.device)).T.tolist()
         blocks = [r.blocks is not None for r in reqs]
         if any(blocks):  # sum every worker's cache counts: (W, samples, 5) -> (samples, 5)
             cache = g.all_gather(torch.tensor(cache, device=self.device)).sum(0).tolist()
         names = ("hits", "misses", "hit_tokens", "miss_tokens", "evictions")
         return [Reply(r.index, gen.tokens, gen.stopped_by, p1, gen.first_token_s, gen.decode_s, gen.steps,
-                      cnt, gen.logits, dict(zip(names, c)) if b else None)
+                      cnt, gen.logits, dict(zip(names, c)) if b else None, gen.prefill_logits)
                 for r, gen, p1, cnt, c, b in zip(reqs, gens, phase1, counts, cache, blocks)]
 
     def cache_summary(self) -> dict | None:
