@@ -125,7 +125,7 @@ def encode_ring(model, ctx: torch.Tensor, group, pad_id: int = 0) -> ContextShar
 
 
 def encode_context(model, cfg, group, ctx: torch.Tensor, pad_id: int = 0) -> ContextShard:
-    """Dispatch on cfg.attn_type. Block mode (cached, re-encoded passage blocks) plugs in here."""
+    """Dispatch on cfg.attn_type (block mode lives in block_mode.py: its blocks come with the request)."""
     if cfg.attn_type == "dense":
         return encode_dense(model, ctx)
     if cfg.attn_type == "star":
