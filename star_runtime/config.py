@@ -64,6 +64,8 @@ class RunConfig:
             raise ConfigError(f"unknown launcher {self.launcher!r}; choose ray or torchrun")
         if self.decode not in ("auto", "eager", "static", "graph"):
             raise ConfigError(f"unknown --decode {self.decode!r}; choose auto, eager, static or graph")
+        if self.max_batch_tokens < 0:
+            raise ConfigError(f"--max_batch_tokens must be >= 0 (got {self.max_batch_tokens}); 0 means no cap")
         if self.num_workers < 1:
             raise ConfigError(f"--num_workers must be >= 1 (got {self.num_workers})")
         if self.block_size == 0 or self.block_size < -1:

@@ -42,6 +42,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block_cache_cpu_gib", type=float, default=8.0, help="block KV cache, CPU tier, per worker")
     p.add_argument("--block_cache_disk_dir", default=None, help="block KV cache, optional disk tier folder")
     p.add_argument("--block_cache_disk_gib", type=float, default=0.0, help="disk tier budget per worker")
+    p.add_argument("--max_batch_tokens", type=int, default=0,
+                   help="star: at most this many tokens per phase-1 batch of blocks (0: all of a worker's blocks)")
     p.add_argument("--decode", default="auto", choices=["auto", "eager", "static", "graph"],
                    help="decode steps: auto (a CUDA graph per batch on GPUs, eager on CPU), eager, static, graph")
     p.add_argument("--launcher", default="ray", choices=["ray", "torchrun"],
@@ -58,7 +60,7 @@ def config_from_args(a) -> RunConfig:
         launcher=a.launcher, ray_address=a.ray_address, block_delimiter=a.block_delimiter,
         num_local_attention_blocks=a.num_local_attention_blocks, block_cache_gpu_gib=a.block_cache_gpu_gib,
         block_cache_cpu_gib=a.block_cache_cpu_gib, block_cache_disk_dir=a.block_cache_disk_dir,
-        block_cache_disk_gib=a.block_cache_disk_gib, decode=a.decode,
+        block_cache_disk_gib=a.block_cache_disk_gib, decode=a.decode, max_batch_tokens=a.max_batch_tokens,
     )
 
 
