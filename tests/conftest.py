@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +8,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from star_runtime.config import RunConfig  # noqa: E402
 from star_runtime.engine import Engine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# The offline benchmark data: $STAR_RUNTIME_DATA, else ../shared/data beside the checkout.
+DATA = Path(os.environ.get("STAR_RUNTIME_DATA") or ROOT.parent / "shared" / "data")
+if os.environ.get("STAR_RUNTIME_REQUIRE_DATA") == "1" and not (DATA / "ruler").is_dir():
+    raise RuntimeError(f"benchmark data not found at {DATA}; set STAR_RUNTIME_DATA")
+
+
+def needs_data(sub: str = "ruler"):
+    return pytest.mark.skipif(not (DATA / sub).is_dir(), reason=f"needs the benchmark data folder ({DATA}/{sub})")
 
 
 @pytest.fixture(scope="session")

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DATA, ROOT, needs_data
+
 from babilong.data import babi_samples
 from babilong.generate import generate_task
 from babilong.metrics import compare_answers
 from babilong.tasks import LABELS
 from ruler.templates import split_template
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
-pytestmark = pytest.mark.skipif(not (DATA / "babilong").is_dir(), reason="needs the shared benchmark data folder")
+pytestmark = needs_data("babilong")
 
 
 @pytest.fixture(scope="module")

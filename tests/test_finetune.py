@@ -7,13 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_engine
+from conftest import DATA, ROOT, make_engine, needs_data
 from star_runtime.finetune.block_mask import block_attention_mask, collate, make_sequence
 from star_runtime.finetune.rag_data import build
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "ruler").is_dir(), reason="needs the shared benchmark data folder")
 
 BLOCKS = ["Document (A):\nThe red door opens at dawn.\n\n", "Document (B):\nOtters hold hands while sleeping.\n\n",
           "Document (C):\nThe bridge was painted blue in 1921.\n\n"]
@@ -77,7 +74,7 @@ def test_few_steps_lower_the_loss_and_checkpoint_loads(tmp_path):
     assert out["tokens_generated"] >= 1
 
 
-@needs_data
+@needs_data("ruler")
 def test_rag_data_splits_without_leakage_and_holds_the_answer():
     d = build(str(DATA), seed=3)
     train, ev = d["train"], d["eval"]

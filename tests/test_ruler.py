@@ -3,21 +3,21 @@ RULER's scoring; an end-to-end run (2 tasks, 1K, 2 samples, star on 2 workers) w
 the gathered table."""
 
 import json
-import sys
 import re
+import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import DATA, ROOT, needs_data
 
 from ruler.generate import generate_task
 from ruler.scoring import postprocess_pred, score_task, string_match_all, string_match_part
 from ruler.tasks import TASKS
 from ruler.templates import split_template
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-pytestmark = pytest.mark.skipif(not (DATA / "ruler").is_dir(), reason="needs the shared benchmark data folder")
+pytestmark = needs_data("ruler")
 
 
 @pytest.fixture(scope="module")
