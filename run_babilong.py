@@ -8,19 +8,13 @@ import sys
 
 from babilong.bench import BabilongBenchmark
 from babilong.tasks import DEFAULT_TASKS, TASKS
-from ruler.cli import build_parser, config_from
-from ruler.runner import run_benchmark
+from ruler.cli import run_cli
 from star_runtime.cli import run_main
 
 
 def main(argv=None) -> int:
-    a = build_parser("BABILong (qa1-qa20; qa1-qa5 by default) through star-runtime", TASKS,
-                     DEFAULT_TASKS).parse_args(argv)
-    cfg = config_from(a, min_length=0)
-    bench = BabilongBenchmark(a.prompt_config, a.data_dir, a.pregen_data_dir, a.seed)
-    run_benchmark(cfg, a.model_name, bench, a.seq_lengths, a.tasks, a.num_samples_per_task, a.output_dir,
-                  a.batch_size)
-    return 0
+    return run_cli(argv, "BABILong (qa1-qa20; qa1-qa5 by default) through star-runtime", TASKS, DEFAULT_TASKS,
+                   BabilongBenchmark, min_length=0)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,14 @@
 
 import sys
 
-from ruler.cli import build_parser, config_from
-from ruler.runner import RulerBenchmark, run_benchmark
+from ruler.cli import run_cli
+from ruler.runner import RulerBenchmark
 from ruler.tasks import TASKS
 from star_runtime.cli import run_main
 
 
 def main(argv=None) -> int:
-    a = build_parser("RULER (13 tasks) through star-runtime", TASKS, TASKS).parse_args(argv)
-    cfg = config_from(a)
-    bench = RulerBenchmark(a.prompt_config, a.data_dir, a.pregen_data_dir, a.seed)
-    run_benchmark(cfg, a.model_name, bench, a.seq_lengths, a.tasks, a.num_samples_per_task, a.output_dir,
-                  a.batch_size)
-    return 0
+    return run_cli(argv, "RULER (13 tasks) through star-runtime", TASKS, TASKS, RulerBenchmark, min_length=256)
 
 
 if __name__ == "__main__":

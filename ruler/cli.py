@@ -59,3 +59,15 @@ def config_from(a, min_length: int = 256) -> RunConfig:
                      anchor_block_size=a.anchor_block_size, num_workers=a.num_nodes * a.nproc_per_node,
                      device=a.device, dtype=a.dtype, launcher=a.launcher,
                      ray_address=a.ray_address or os.environ.get("RAY_ADDRESS")).validate()
+
+
+def run_cli(argv, description: str, tasks: list[str], default_tasks: list[str], make_bench, min_length: int) -> int:
+    """Parse the shared flags, build the benchmark, run every (length, task) through one engine."""
+    from .runner import run_benchmark
+
+    a = build_parser(description, tasks, default_tasks).parse_args(argv)
+    cfg = config_from(a, min_length=min_length)
+    bench = make_bench(a.prompt_config, a.data_dir, a.pregen_data_dir, a.seed)
+    run_benchmark(cfg, a.model_name, bench, a.seq_lengths, a.tasks, a.num_samples_per_task, a.output_dir,
+                  a.batch_size)
+    return 0

@@ -1,20 +1,14 @@
 """Table and plot across RULER runs: python ruler/gather_results_ruler.py -e results/"""
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ruler.results_table import write_outputs  # noqa: E402
+from ruler.results_table import cli  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("-e", "--exp_dir", required=True, help="folder holding <run>/<length>/summary.json")
-    a = p.parse_args(argv)
-    for f in write_outputs(a.exp_dir, "RULER average accuracy"):
-        print(f)
-    print(open(os.path.join(a.exp_dir, "results_table.md")).read())
+    cli(argv, "RULER average accuracy")
 
 
 if __name__ == "__main__":

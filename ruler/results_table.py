@@ -80,3 +80,15 @@ def plot(runs: dict, png: Path, title: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
+
+
+def cli(argv, title: str) -> None:
+    """The gather_results_* command line: -e DIR -> table (md, csv) and plot in DIR."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=f"{title}: one table and plot across runs")
+    p.add_argument("-e", "--exp_dir", required=True, help="folder holding <run>/<length>/summary.json")
+    a = p.parse_args(argv)
+    for f in write_outputs(a.exp_dir, title):
+        print(f)
+    print((Path(a.exp_dir) / "results_table.md").read_text())
