@@ -64,6 +64,11 @@ def make_launcher(cfg: RunConfig, source: ModelSource):
         return TorchrunLauncher(cfg, source)
     if cfg.world_size == 1:
         return InProcessLauncher(cfg, source)
-    from .ray_launcher import RayLauncher
+    try:
+        from .ray_launcher import RayLauncher
+    except ImportError as e:
+        from ..config import ConfigError
 
+        raise ConfigError(f"{cfg.world_size} workers need Ray ({e}); pip install 'ray[default]', or start the "
+                          f"workers with torchrun --nproc_per_node {cfg.world_size} ... --launcher torchrun") from e
     return RayLauncher(cfg, source)
