@@ -36,7 +36,7 @@ def build_parser(description: str, tasks: list[str], default_tasks: list[str]) -
     p.add_argument("--num_samples_per_task", type=int, default=50)
     p.add_argument("-nn", "--num_nodes", type=int, default=1, help="nodes (Ray places workers over them)")
     p.add_argument("-np", "--nproc_per_node", type=int, default=1, help="workers per node")
-    p.add_argument("--output_dir", default="results")
+    p.add_argument("-o", "--output_dir", default="results")
     p.add_argument("--data_dir", default=None, help="raw benchmark data (default: $STAR_RUNTIME_DATA)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
