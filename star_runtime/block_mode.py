@@ -19,6 +19,7 @@ from .attention.prefill import CollectPrefill
 from .attention.rope import RopeReencoder
 from .kv.block_store import BlockStore
 from .kv.shard import ContextShard
+from .models.loader import num_layers
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,6 @@ class BlockSpec:
     offset: int
     rank: int
 
-
-def _num_layers(model) -> int:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return cfg.num_hidden_layers
 
 
 @torch.inference_mode()
@@ -48,7 +45,7 @@ def encode_new_blocks(model, blocks: list[BlockSpec], reencoder: RopeReencoder, 
         ids[i, : len(b.ids)] = torch.tensor(b.ids, dtype=torch.long, device=device)
     pos = torch.arange(longest, device=device).unsqueeze(0).expand(len(blocks), -1)
     inv_freq = reencoder.inv_freq(longest)
-    state = CollectPrefill(_num_layers(model))
+    state = CollectPrefill(num_layers(model))
     with attention_state(state):
         model.get_decoder()(input_ids=ids, position_ids=pos, use_cache=False)
     kv = torch.stack(state.kv)  # (layers, 2, B, H_kv, longest, D)
@@ -63,7 +60,7 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
     total_len: the prompt's full length (context + final block), for RoPE types whose frequencies depend on
     the sequence length (dynamic); a constant for the others.
     """
-    shard = ContextShard(_num_layers(model))
+    shard = ContextShard(num_layers(model))
     mine = [b for b in blocks if b.rank == rank]
     if not mine:
         return shard

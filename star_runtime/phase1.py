@@ -16,6 +16,7 @@ from .attention.prefill import CausalPrefill
 from .attention.ring import RingPrefill, zigzag_positions
 from .attention.star import StarBlocks
 from .kv.shard import ContextShard
+from .models.loader import num_layers
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,7 @@ def star_plan(length: int, block_size: int, anchor_block_size: int, world: int) 
     s = block_size if block_size > 0 else max(1, math.ceil(length / world))
     a = min(anchor_block_size if anchor_block_size > 0 else s, s)
     nb = math.ceil(length / s)
-    parts = torch.tensor_split(torch.arange(nb), world) if nb >= world else [
-        torch.arange(i, i + 1) if i < nb else torch.arange(0) for i in range(world)
-    ]
+    parts = torch.tensor_split(torch.arange(nb), world)  # fewer blocks than workers: trailing parts empty
     return StarPlan(length, s, a, tuple(tuple(int(b) for b in p) for p in parts))
 
 
@@ -59,15 +58,10 @@ def _forward(model, ids: torch.Tensor, pos: torch.Tensor) -> None:
     _decoder(model)(input_ids=ids, position_ids=pos, use_cache=False)
 
 
-def _num_layers(model) -> int:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return cfg.num_hidden_layers
-
-
 @torch.inference_mode()
 def encode_dense(model, ctx: torch.Tensor) -> ContextShard:
     """Ordinary causal prefill of the whole context on one worker. ctx: (L,) long on the model device."""
-    shard = ContextShard(_num_layers(model))
+    shard = ContextShard(num_layers(model))
     pos = torch.arange(ctx.numel(), device=ctx.device)
     with attention_state(CausalPrefill(shard)):
         _forward(model, ctx.unsqueeze(0), pos.unsqueeze(0))
@@ -82,19 +76,19 @@ def encode_star(model, ctx: torch.Tensor, plan: StarPlan, rank: int, pad_id: int
     max_batch_tokens > 0 caps a batch (memory for very long contexts): blocks then go in as few batches as
     fit, in order.
     """
-    shard = ContextShard(_num_layers(model))
+    shard = ContextShard(num_layers(model))
     mine = plan.blocks[rank]
     if not mine:
         return shard
     s, a, length = plan.block_size, plan.anchor, plan.length
     dev = ctx.device
-    first, last = mine[0], mine[-1]
+    last = mine[-1]
     ids = torch.full(((last + 1) * s,), pad_id, dtype=ctx.dtype, device=dev)
     end = min(length, (last + 1) * s)
     ids[:end] = ctx[:end]
     anchor = None
     if any(b != 0 for b in mine):
-        anchor = ContextShard(_num_layers(model))
+        anchor = ContextShard(num_layers(model))
         with attention_state(CausalPrefill(anchor)):
             _forward(model, ctx[:a].unsqueeze(0), torch.arange(a, device=dev).unsqueeze(0))
     per_batch = len(mine) if max_batch_tokens <= 0 else max(1, max_batch_tokens // s)
@@ -114,7 +108,7 @@ def encode_ring(model, ctx: torch.Tensor, group, pad_id: int = 0) -> ContextShar
     """Exact causal ring attention over all workers (zigzag split). ctx: (L,)."""
     if group.world_size == 1:
         return encode_dense(model, ctx)
-    shard = ContextShard(_num_layers(model))
+    shard = ContextShard(num_layers(model))
     pos, c = zigzag_positions(ctx.numel(), group.world_size, group.rank)
     pos = pos.to(ctx.device)
     real = pos < ctx.numel()

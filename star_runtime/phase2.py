@@ -18,6 +18,7 @@ import torch
 from .attention.hooks import attention_state
 from .attention.phase2 import GlobalAttention
 from .kv.shard import ContextShard, QueryCache
+from .models.loader import num_layers
 
 EOS, STOP_WORD = 1, 2
 
@@ -33,14 +34,10 @@ class Generation:
     prefill_logits: torch.Tensor | None = None  # (Tq, V) of the query prefill, host only, if asked
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
-
-def _num_layers(model) -> int:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return cfg.num_hidden_layers
 
 
 DECODE_MODES = ("auto", "eager", "static", "graph")
@@ -76,7 +73,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
     host = group.is_host
     # static decode keeps finished samples in the batch, so every cache must hold the longest run
     cap = [q.numel() + (max(max_new) if decode != "eager" else m) for q, m in zip(queries, max_new)]
-    caches = [QueryCache(_num_layers(model), c) for c in cap] if host else None
+    caches = [QueryCache(num_layers(model), c) for c in cap] if host else None
     gens = [Generation() for _ in range(n)]
     last = [0] * n
     pos = [s + q.numel() for s, q in zip(starts, queries)]  # next position per sample
@@ -125,7 +122,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
         q = queries[b]
         p = torch.arange(starts[b], starts[b] + q.numel(), device=dev).unsqueeze(0)
         decide([b], forward([b], q.unsqueeze(0), p, keep_all=prefill_logits))
-        _sync(dev)
+        sync_device(dev)
         gens[b].first_token_s = time.perf_counter() - t0
 
     if decode != "eager" and any(running):
@@ -137,7 +134,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
             t0 = time.perf_counter()
             logits = step(torch.tensor(last, dtype=torch.long, device=dev))
             decide(batch, logits[batch] if host else None)
-            _sync(dev)
+            sync_device(dev)
             dt = time.perf_counter() - t0
             for b in batch:
                 gens[b].decode_s += dt
@@ -151,7 +148,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
         decide(batch, forward(batch, ids, p))
         for b in batch:
             pos[b] += 1
-        _sync(dev)
+        sync_device(dev)
         dt = time.perf_counter() - t0
         for b in batch:
             gens[b].decode_s += dt

@@ -76,7 +76,7 @@ def model_config(source: ModelSource):
 
 def check_supported(config) -> None:
     """Refuse what the exact runtime cannot do, with one line saying so."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     window = getattr(text, "sliding_window", None)
     if window and getattr(text, "use_sliding_window", True) and window < text.max_position_embeddings:
         raise ConfigError(f"{text.model_type}: sliding-window attention ({window}) is not supported; "
@@ -104,6 +104,14 @@ def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device):
     return model
 
 
+def text_config(config):
+    """The decoder's own config (multimodal configs nest it)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def num_layers(model) -> int:
+    return text_config(model.config).num_hidden_layers
+
+
 def model_window(config) -> int:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(text.max_position_embeddings)
+    return int(text_config(config).max_position_embeddings)

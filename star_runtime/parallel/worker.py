@@ -18,7 +18,7 @@ from ..config import RunConfig
 from ..kv.block_store import BlockStore, gib
 from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype
 from ..phase1 import encode_context
-from ..phase2 import generate, resolve_decode_mode
+from ..phase2 import generate, resolve_decode_mode, sync_device
 from ..sampling import Sampler, StopChecker, eos_ids
 from .group import Group, local_device
 
@@ -105,10 +105,6 @@ class Worker:
         return {"rank": self.group.rank, "pid": os.getpid(), "device": str(self.device),
                 "hostname": os.uname().nodename}
 
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def run(self, req: Request) -> Reply:
         return self.run_batch([req])[0]
 
@@ -121,7 +117,7 @@ class Worker:
             g.barrier()
             t0 = time.perf_counter()
             shards.append(self._encode(req))
-            self._sync()
+            sync_device(self.device)
             g.barrier()
             phase1.append(time.perf_counter() - t0)
             cache.append([a - b for a, b in zip(self._cache_counts(), before)])
