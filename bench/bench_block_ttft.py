@@ -15,7 +15,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
@@ -75,7 +74,7 @@ def main():
         mid = f"bench-{length}"
         cold = worker.run(block_request(passages, final, list(range(n)), mid))
         warm = []
-        for r in range(a.repeats):
+        for _ in range(a.repeats):
             order = torch.randperm(n, generator=g).tolist()
             warm.append(worker.run(block_request(passages, final, order, mid)))
         assert all(w.cache["misses"] == 0 for w in warm)

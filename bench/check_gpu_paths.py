@@ -57,7 +57,7 @@ def main():
         for mode in ("ring", "star"):
             ok &= same(run(w, mode, "eager", cases, 12), run(w, mode, "graph", cases, 12),
                        f"{mode} x{world}: CUDA graph vs eager decode", rank)
-        ring, dense_like = run(w, "ring", "graph", cases, 12), None
+        ring = run(w, "ring", "graph", cases, 12)
         if rank == 0:
             print("ring shard tokens", [r.shard_tokens for r in ring])
     w.close()

@@ -6,8 +6,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from star_runtime.attention.partial import _cudnn, _efficient, _flash, _math, partial_attention  # noqa: E402
-from star_runtime.attention.partial import reference_attention  # noqa: E402
+from star_runtime.attention.partial import _cudnn, _flash, _math, partial_attention  # noqa: E402
 
 
 def timeit(fn, n=50):

@@ -96,9 +96,6 @@ class BlockStore:
     def contains(self, key: str) -> bool:
         return any(key in self.lru[t] for t in TIERS)
 
-    def where(self, key: str) -> str | None:
-        return next((t for t in TIERS if key in self.lru[t]), None)
-
     # -- tier mechanics ----------------------------------------------------------------------------------
     def _insert(self, key: str, entry: Entry, tier: str) -> None:
         """Put entry in ``tier``, first pushing least recently used entries down until it fits."""

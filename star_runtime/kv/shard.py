@@ -96,7 +96,3 @@ class QueryCache:
     def valid_static(self) -> torch.Tensor:
         """(capacity,) bool: slots holding tokens, the one written this step included."""
         return self.slots <= self.len_t
-
-    def commit_static(self) -> None:
-        self.len_t += 1
-        self.length += 1
