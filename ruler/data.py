@@ -29,7 +29,7 @@ def resolve_data_dir(data_dir: str | None, need: str = "ruler") -> Path:
     return p
 
 
-def _file(data_dir: Path, name: str) -> Path:
+def data_file(data_dir: Path, name: str) -> Path:
     f = data_dir / "ruler" / name
     if not f.exists():
         raise ConfigError(f"{f} is missing; fetch it with: python -m ruler.download --data_dir {data_dir}")
@@ -39,14 +39,14 @@ def _file(data_dir: Path, name: str) -> Path:
 @functools.lru_cache(maxsize=4)
 def essay_words(data_dir: Path) -> tuple[str, ...]:
     """The essay haystack as RULER reads it: whitespace collapsed, split on spaces."""
-    text = json.loads(_file(data_dir, "PaulGrahamEssays.json").read_text())["text"]
+    text = json.loads(data_file(data_dir, "PaulGrahamEssays.json").read_text())["text"]
     return tuple(re.sub(r"\s+", " ", text).split(" "))
 
 
 @functools.lru_cache(maxsize=4)
 def squad(data_dir: Path) -> tuple[list[dict], list[str]]:
     """(questions, documents) from SQuAD v2 dev: answerable questions only (hidden answers skipped)."""
-    data = json.loads(_file(data_dir, "squad.json").read_text())
+    data = json.loads(data_file(data_dir, "squad.json").read_text())
     docs = sorted({p["context"] for d in data["data"] for p in d["paragraphs"]})
     index = {c: i for i, c in enumerate(docs)}
     qas = []
@@ -64,7 +64,7 @@ def squad(data_dir: Path) -> tuple[list[dict], list[str]]:
 
 @functools.lru_cache(maxsize=4)
 def hotpotqa(data_dir: Path) -> tuple[list[dict], list[str]]:
-    data = json.loads(_file(data_dir, "hotpotqa.json").read_text())
+    data = json.loads(data_file(data_dir, "hotpotqa.json").read_text())
     docs = sorted({f"{t}\n{''.join(p)}" for d in data for t, p in d["context"]})
     index = {c: i for i, c in enumerate(docs)}
     qas = [{"query": d["question"], "outputs": [d["answer"]],
@@ -74,7 +74,7 @@ def hotpotqa(data_dir: Path) -> tuple[list[dict], list[str]]:
 
 @functools.lru_cache(maxsize=2)
 def english_words(data_dir: Path) -> tuple[str, ...]:
-    words = json.loads(_file(data_dir, "english_words.json").read_text())
+    words = json.loads(data_file(data_dir, "english_words.json").read_text())
     # {"0": "a", ...} as kept here, or dwyl's own {"a": 1, ...}
     return tuple(words.values()) if all(isinstance(v, str) for v in list(words.values())[:10]) else tuple(words)
 

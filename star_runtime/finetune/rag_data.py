@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from ruler.data import hotpotqa, resolve_data_dir, squad
+from ruler.data import data_file, resolve_data_dir
 
 QUERY = "Answer the question from the documents above in a few words.\nQuestion: {question}\nAnswer:"
 
@@ -23,7 +23,7 @@ def _passage(title: str, text: str) -> str:
 
 def squad_samples(data_dir: Path, rng: random.Random, eval_articles: int, distractors: int):
     """(train, eval) SQuAD samples; evaluation articles are held out whole."""
-    raw = json.loads((data_dir / "ruler" / "squad.json").read_text())
+    raw = json.loads(data_file(data_dir, "squad.json").read_text())
     answered = [d for d in raw["data"] if any(not q.get("is_impossible") and q.get("answers")
                                               for p in d["paragraphs"] for q in p["qas"])]
     pool = [(d["title"], p["context"]) for d in raw["data"] for p in d["paragraphs"]]
@@ -48,7 +48,7 @@ def squad_samples(data_dir: Path, rng: random.Random, eval_articles: int, distra
 
 
 def hotpot_samples(data_dir: Path, rng: random.Random, eval_fraction: float):
-    raw = json.loads((data_dir / "ruler" / "hotpotqa.json").read_text())
+    raw = json.loads(data_file(data_dir, "hotpotqa.json").read_text())
     order = list(range(len(raw)))
     rng.shuffle(order)
     held_out = set(order[: int(len(raw) * eval_fraction)])
