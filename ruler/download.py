@@ -10,8 +10,10 @@ a RULER checkout or from the data folder shipped with this project.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import urllib.request
+import zipfile
 from pathlib import Path
 
 FILES = {
@@ -19,6 +21,8 @@ FILES = {
     "hotpotqa.json": "http://curtis.ml.cmu.edu/datasets/hotpot/hotpot_dev_distractor_v1.json",
     "english_words.json": "https://raw.githubusercontent.com/dwyl/english-words/master/words_dictionary.json",
 }
+# NLTK's own package index serves punkt_tab from here; unpacked under nltk_data/tokenizers/ as NLTK expects.
+PUNKT_TAB = "https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/tokenizers/punkt_tab.zip"
 
 
 def main(argv=None) -> int:
@@ -36,9 +40,10 @@ def main(argv=None) -> int:
             words = sorted(json.loads(data))
             data = json.dumps({str(i): w for i, w in enumerate(words)}).encode()
         dst.write_bytes(data)
-    import nltk
-
-    nltk.download("punkt_tab", download_dir=str(root / "nltk_data"))
+    print(f"{PUNKT_TAB} -> {root / 'nltk_data' / 'tokenizers'}")
+    with urllib.request.urlopen(PUNKT_TAB) as r:
+        with zipfile.ZipFile(io.BytesIO(r.read())) as z:
+            z.extractall(root / "nltk_data" / "tokenizers")
     essays = root / "ruler" / "PaulGrahamEssays.json"
     if not essays.exists():
         print(f"still missing: {essays} (see this module's docstring)")
