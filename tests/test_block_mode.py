@@ -6,6 +6,7 @@ import torch
 
 from conftest import make_engine
 from star_runtime.config import ConfigError
+from star_runtime.finetune.block_mask import block_attention_mask
 
 PASSAGES = [
     "The lighthouse keeper counted ships every night. ",
@@ -21,19 +22,12 @@ def block_mask_reference(engine, blocks_ids, final_ids, new_tokens):
     each local block sees only itself (causally); the final block and generated tokens see everything."""
     model = engine.launcher.worker.model
     seq = [t for b in blocks_ids for t in b] + list(final_ids)
-    seg, s = [], 0
-    for i, b in enumerate(blocks_ids):
-        seg += [i] * len(b)
-    local_len = len(seg)
     model.set_attn_implementation("sdpa")
     logits_all, out = [], []
     try:
         for _ in range(new_tokens):
             t = len(seq)
-            mask = torch.ones(t, t, dtype=torch.bool).tril()
-            for i in range(local_len):
-                for j in range(i + 1):
-                    mask[i, j] = seg[i] == seg[j]
+            mask = block_attention_mask([len(b) for b in blocks_ids], t)
             with torch.inference_mode():
                 logits = model(torch.tensor([seq]), attention_mask=mask[None, None],
                                position_ids=torch.arange(t)[None]).logits[0, -1].float()

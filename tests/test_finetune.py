@@ -1,13 +1,11 @@
 """Block fine-tuning: the training mask computes exactly what block-mode inference computes; a few steps
 lower the loss and the checkpoint loads; the RAG data splits without leakage and holds the answer passage."""
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import DATA, ROOT, make_engine, needs_data
+from conftest import DATA, make_engine, needs_data
 from star_runtime.finetune.block_mask import block_attention_mask, collate, make_sequence
 from star_runtime.finetune.rag_data import build
 

@@ -58,7 +58,7 @@ def test_causal_split_into_prefix_and_diagonal():
     """The exact causal identity phase 2 relies on: causal over [old ; new] = merge(old, causal new)."""
     q, k, v = qkv(1, 4, 2, 40, 40, 16, seed=3)
     scale = 0.25
-    old, new = 25, 15
+    old = 25  # the last 15 rows are the new tokens
     o1, l1 = partial_attention(q[:, :, old:], k[:, :, :old], v[:, :, :old], scale)
     o2, l2 = partial_attention(q[:, :, old:], k[:, :, old:], v[:, :, old:], scale, causal=True)
     out, _ = merge_partials(torch.stack((o1, o2)), torch.stack((l1, l2)))

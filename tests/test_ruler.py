@@ -5,7 +5,6 @@ the gathered table."""
 import json
 import re
 import sys
-from pathlib import Path
 
 import pytest
 
