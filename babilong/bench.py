@@ -17,7 +17,9 @@ class BabilongBenchmark:
 
     def __init__(self, template: str, data_dir: str | None, pregen_dir: str | None = None, seed: int = 42):
         self.template = template
-        self.data = resolve_data_dir(data_dir, need="babilong")
+        # raw data is needed only to generate; a run from pre-generated samples may go without it
+        self.data_dir = data_dir
+        self.data = None if pregen_dir else resolve_data_dir(data_dir, need="babilong")
         self.pregen_dir = pregen_dir
         self.seed = seed
         self.head, self.tail, self.stop_words = split_template(template)
@@ -29,6 +31,8 @@ class BabilongBenchmark:
         return accuracy(task, records)
 
     def generate(self, task: str, length: int, num_samples: int, tokenizer) -> list[dict]:
+        if self.data is None:
+            self.data = resolve_data_dir(self.data_dir, need="babilong")
         return generate_task(task, length, num_samples, tokenizer, self.head, self.tail, self.data, self.seed)
 
     def samples_file(self, task, length, num_samples, engine, out_dir: Path) -> Path:

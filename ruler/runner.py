@@ -18,6 +18,7 @@ from tqdm import tqdm
 from star_runtime.config import RunConfig
 from star_runtime.engine import Engine
 from star_runtime.infer import run_jsonl
+from star_runtime.models.loader import load_tokenizer, resolve_model
 
 from .data import resolve_data_dir
 from .generate import generate_task
@@ -27,12 +28,14 @@ from .templates import split_template
 
 
 def run_name(model_name: str, cfg: RunConfig) -> str:
-    """The reference's folder name: model_attn, plus _b<block>a<anchor> for star."""
+    """The reference's folder name: model_attn, plus _b<block>a<anchor> for star (_<N>blocks with --num_blocks)."""
     name = f"{model_name}_{cfg.attn_type}"
     if cfg.attn_type == "star":
         def short(n):
             return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
-        if cfg.block_size <= 0:
+        if cfg.num_blocks > 0:
+            name += f"_{cfg.num_blocks}blocks{'' if cfg.anchor_block_size <= 0 else 'a' + short(cfg.anchor_block_size)}"
+        elif cfg.block_size <= 0:
             name += f"_bauto{'' if cfg.anchor_block_size <= 0 else 'a' + short(cfg.anchor_block_size)}"
         else:
             anchor = cfg.anchor_block_size if cfg.anchor_block_size > 0 else cfg.block_size
@@ -50,7 +53,9 @@ class RulerBenchmark:
 
     def __init__(self, template: str, data_dir: str | None, pregen_dir: str | None = None, seed: int = 42):
         self.template = template
-        self.data = resolve_data_dir(data_dir)
+        # raw data is needed only to generate; a run from pre-generated samples may go without it
+        self.data_dir = data_dir
+        self.data = None if pregen_dir else resolve_data_dir(data_dir)
         self.pregen_dir = pregen_dir
         self.seed = seed
         self.head, self.tail, self.stop_words = split_template(template)
@@ -62,6 +67,8 @@ class RulerBenchmark:
         return score_task(task, records)
 
     def generate(self, task: str, length: int, num_samples: int, tokenizer) -> list[dict]:
+        if self.data is None:
+            self.data = resolve_data_dir(self.data_dir)
         return generate_task(task, length, num_samples, tokenizer, self.head, self.tail, self.data, self.seed)
 
     def samples_file(self, task: str, length: int, num_samples: int, engine: Engine, out_dir: Path) -> Path:
@@ -74,14 +81,19 @@ class RulerBenchmark:
 
 def cached_samples(bench, task: str, length: int, num_samples: int, engine: Engine, out_dir: Path) -> Path:
     """Samples generated once and kept next to the predictions; regenerated if the settings changed."""
-    f = out_dir / "data" / task / "validation.jsonl"
+    tokenizer_id = engine.source.tokenizer_path or engine.source.name
+    return write_samples(bench, task, length, num_samples, engine.tokenizer, tokenizer_id,
+                         out_dir / "data" / task / "validation.jsonl")
+
+
+def write_samples(bench, task: str, length: int, num_samples: int, tokenizer, tokenizer_id: str, f: Path) -> Path:
+    """Generate into f (with a .meta.json of the settings) unless f already holds these settings' samples."""
     meta = {"benchmark": bench.name, "task": task, "length": length, "num_samples": num_samples,
-            "template": bench.template, "seed": bench.seed,
-            "tokenizer": engine.source.tokenizer_path or engine.source.name}
+            "template": bench.template, "seed": bench.seed, "tokenizer": tokenizer_id}
     meta_file = f.with_suffix(".meta.json")
     if f.exists() and meta_file.exists() and json.loads(meta_file.read_text()) == meta:
         return f
-    samples = bench.generate(task, length, num_samples, engine.tokenizer)
+    samples = bench.generate(task, length, num_samples, tokenizer)
     f.parent.mkdir(parents=True, exist_ok=True)
     # written aside and renamed: torchrun ranks sharing the folder each write the same samples atomically
     tmp = f.with_suffix(f".tmp{os.getpid()}")
@@ -93,6 +105,23 @@ def cached_samples(bench, task: str, length: int, num_samples: int, engine: Engi
     tmp.write_text(json.dumps(meta))
     os.replace(tmp, meta_file)
     return f
+
+
+def prepare_samples(bench, model_path: str | None, lengths: list[int], tasks: list[str], num_samples: int,
+                    out_root: str) -> list[Path]:
+    """Samples only, no model: <out_root>/<length>/<task>/validation.jsonl, the layout -d/--pregen_data_dir reads.
+
+    For generating on a CPU machine what GPU workers will run (only the tokenizer is loaded).
+    """
+    source = resolve_model(model_path)
+    tokenizer = load_tokenizer(source)
+    tokenizer_id = source.tokenizer_path or source.name
+    files = []
+    for length in lengths:
+        for task in tqdm(tasks, desc=f"{bench.name} samples, {length} tokens", unit="task"):
+            f = Path(out_root) / str(length) / task / "validation.jsonl"
+            files.append(write_samples(bench, task, length, num_samples, tokenizer, tokenizer_id, f))
+    return files
 
 
 def write_summary(out_dir: Path, tasks: list[str], scores: dict) -> dict:

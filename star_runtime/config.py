@@ -23,12 +23,15 @@ class RunConfig:
     attn_type: dense | ring | star.
     block_size: star context block length in tokens; -1 = context length / num_workers (as the reference).
     anchor_block_size: star anchor length; -1 = block_size (as the reference).
+    num_blocks: star; > 0 cuts each context into this many blocks (block = ceil(length / num_blocks)) instead
+        of a fixed block_size; 0 = use block_size.
     """
 
     model_path: str | None = None
     attn_type: str = "star"
     block_size: int = -1
     anchor_block_size: int = -1
+    num_blocks: int = 0
     tokens_to_generate: int = 32
     stop_words: list[str] = field(default_factory=list)
     num_workers: int = 1
@@ -73,6 +76,11 @@ class RunConfig:
                 f"--block_size must be a positive number of tokens (got {self.block_size}); "
                 "pass e.g. --block_size 4096, or -1 for context length / workers"
             )
+        if self.num_blocks < 0:
+            raise ConfigError(f"--num_blocks must be >= 0 (got {self.num_blocks}); 0 means use --block_size")
+        if self.num_blocks > 0 and self.block_size > 0:
+            raise ConfigError(f"--num_blocks {self.num_blocks} and --block_size {self.block_size} both given; "
+                              "pass only one of them")
         if self.anchor_block_size == 0 or self.anchor_block_size < -1:
             raise ConfigError(
                 f"--anchor_block_size must be a positive number of tokens (got {self.anchor_block_size}); "

@@ -126,7 +126,8 @@ class Engine:
         """One line when a short sample leaves workers without context (the run goes on)."""
         w = self.cfg.world_size
         if self.cfg.attn_type == "star" and w > 1:
-            plan = star_plan(len(req.context_ids), self.cfg.block_size, self.cfg.anchor_block_size, w)
+            plan = star_plan(len(req.context_ids), self.cfg.block_size, self.cfg.anchor_block_size, w,
+                             self.cfg.num_blocks)
             if plan.num_blocks < w:
                 return (f"sample {req.index}: {len(req.context_ids)} context tokens make {plan.num_blocks} "
                         f"block(s) of {plan.block_size} for {w} workers; {w - plan.num_blocks} worker(s) hold "
@@ -153,7 +154,7 @@ class Engine:
         block = None
         if self.cfg.attn_type == "star":
             block = star_plan(len(req.context_ids), self.cfg.block_size, self.cfg.anchor_block_size,
-                              self.cfg.world_size).block_size
+                              self.cfg.world_size, self.cfg.num_blocks).block_size
         return {
             "pred": pred,
             "tokens_generated": n,

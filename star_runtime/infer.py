@@ -23,6 +23,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block_size", type=int, default=-1,
                    help="star context block size in tokens (-1: context length / workers)")
     p.add_argument("--anchor_block_size", type=int, default=-1, help="star anchor size (-1: the block size)")
+    p.add_argument("--num_blocks", type=int, default=0,
+                   help="star: cut each context into N blocks, block = ceil(length / N) (instead of --block_size)")
     p.add_argument("--tokens_to_generate", type=int, default=32)
     p.add_argument("--stop_words", default="", help="comma-separated stop words")
     p.add_argument("--num_workers", "-np", type=int, default=1, help="workers (one per GPU on cuda)")
@@ -54,7 +56,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 def config_from_args(a) -> RunConfig:
     return RunConfig(
         model_path=a.model_path, attn_type=a.attn_type, block_size=a.block_size,
-        anchor_block_size=a.anchor_block_size, tokens_to_generate=a.tokens_to_generate,
+        anchor_block_size=a.anchor_block_size, num_blocks=a.num_blocks,
+        tokens_to_generate=a.tokens_to_generate,
         stop_words=[s for s in a.stop_words.split(",") if s], num_workers=a.num_workers, device=a.device,
         dtype=a.dtype, temperature=a.temperature, top_p=a.top_p, seed=a.seed, chat_template=a.chat_template,
         launcher=a.launcher, ray_address=a.ray_address, block_delimiter=a.block_delimiter,

@@ -36,13 +36,19 @@ class StarPlan:
         return math.ceil(self.length / self.block_size)
 
 
-def star_plan(length: int, block_size: int, anchor_block_size: int, world: int) -> StarPlan:
+def star_plan(length: int, block_size: int, anchor_block_size: int, world: int, num_blocks: int = 0) -> StarPlan:
     """block_size -1: ceil(length / world) (one block per worker); anchor -1: the block size.
+
+    num_blocks > 0 instead cuts every context into that many blocks, block = ceil(length / num_blocks)
+    (e.g. block = length / 4 at every evaluated length).
 
     Blocks go to workers in order, earlier workers taking the extra ones (as torch.tensor_split); a context
     with fewer blocks than workers leaves the last workers without context.
     """
-    s = block_size if block_size > 0 else max(1, math.ceil(length / world))
+    if num_blocks > 0:
+        s = max(1, math.ceil(length / num_blocks))
+    else:
+        s = block_size if block_size > 0 else max(1, math.ceil(length / world))
     a = min(anchor_block_size if anchor_block_size > 0 else s, s)
     nb = math.ceil(length / s)
     parts = torch.tensor_split(torch.arange(nb), world)  # fewer blocks than workers: trailing parts empty
@@ -123,7 +129,7 @@ def encode_context(model, cfg, group, ctx: torch.Tensor, pad_id: int = 0) -> Con
     if cfg.attn_type == "dense":
         return encode_dense(model, ctx)
     if cfg.attn_type == "star":
-        plan = star_plan(ctx.numel(), cfg.block_size, cfg.anchor_block_size, group.world_size)
+        plan = star_plan(ctx.numel(), cfg.block_size, cfg.anchor_block_size, group.world_size, cfg.num_blocks)
         return encode_star(model, ctx, plan, group.rank, pad_id, cfg.max_batch_tokens)
     if cfg.attn_type == "ring":
         return encode_ring(model, ctx, group, pad_id)

@@ -37,6 +37,8 @@ GOOD = {"input_context": "Some context words here.", "input_query": " A question
     ([GOOD], ["--block_size", "0"], "--block_size must be a positive number of tokens"),
     ([GOOD], ["--block_size", "-5"], "--block_size must be a positive number of tokens"),
     ([GOOD], ["--block_size", "16", "--anchor_block_size", "32"], "is larger than --block_size 16"),
+    ([GOOD], ["--num_blocks", "-1"], "--num_blocks must be >= 0"),
+    ([GOOD], ["--num_blocks", "4", "--block_size", "16"], "pass only one of them"),
     ([GOOD, '{"input_context": "a", '], [], "in.jsonl:2: not valid JSON"),
     ([GOOD, {"input_context": "abc"}], [], "in.jsonl:2: missing field 'input_query'"),
     ([{**GOOD, "input_context": "word " * 9000}], [], "exceeds the model window of 8192"),

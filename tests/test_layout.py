@@ -31,6 +31,18 @@ def test_star_plan_blocks_in_order(length, bs, world, expect):
     assert plan.anchor == plan.block_size
 
 
+@pytest.mark.parametrize("length,num_blocks,world,size,blocks", [
+    (4096, 4, 2, 1024, [(0, 1), (2, 3)]),
+    (8192, 4, 2, 2048, [(0, 1), (2, 3)]),
+    (1001, 4, 4, 251, [(0,), (1,), (2,), (3,)]),
+    (3, 4, 2, 1, [(0, 1), (2,)]),  # shorter than the block count: one-token blocks
+])
+def test_star_plan_num_blocks_scales_with_length(length, num_blocks, world, size, blocks):
+    plan = star_plan(length, -1, -1, world, num_blocks)
+    assert plan.block_size == size and plan.anchor == size
+    assert [tuple(b) for b in plan.blocks] == blocks
+
+
 def test_star_plan_anchor_capped_and_default_block():
     plan = star_plan(1000, -1, 64, 4)
     assert plan.block_size == 250 and plan.anchor == 64

@@ -90,11 +90,17 @@ def test_end_to_end_star_two_workers(ray_session, tmp_path):
     from ruler.gather_results_ruler import main as gather
     from run_ruler import main as run_ruler
 
-    out = tmp_path / "results"
+    out, pregen = tmp_path / "results", tmp_path / "pregen"
     argv = ["-l", "1024", "-t", "niah_single_1", "vt", "-a", "star", "-np", "2", "--num_samples_per_task", "2",
-            "--data_dir", str(DATA), "--output_dir", str(out)]
+            "--data_dir", str(DATA), "--output_dir", str(out), "-d", str(pregen)]
+    # samples generated first without a model (as on a CPU machine), then run from -d
+    assert run_ruler([*argv, "--prepare_only"]) == 0
+    assert not out.exists()
+    for task in ("niah_single_1", "vt"):
+        assert len((pregen / "1024" / task / "validation.jsonl").read_text().splitlines()) == 2
     assert run_ruler(argv) == 0
     run = out / "smollm2-135m_star_bauto" / "1024"
+    assert not (run / "data").exists()  # the pre-generated samples were used
     for task in ("niah_single_1", "vt"):
         preds = [json.loads(l) for l in (run / f"{task}.jsonl").read_text().splitlines()]
         assert [p["index"] for p in preds] == [0, 1] and all(p["num_workers"] == 2 for p in preds)
@@ -106,3 +112,13 @@ def test_end_to_end_star_two_workers(ray_session, tmp_path):
     gather(["-e", str(out)])
     table = (out / "results_table.md").read_text()
     assert "niah_single_1" in table and "Average" in table and (out / "results_plot.png").stat().st_size > 1000
+
+
+def test_run_folder_names_follow_the_reference():
+    from star_runtime.config import RunConfig
+    from ruler.runner import run_name
+
+    assert run_name("m", RunConfig(attn_type="dense")) == "m_dense"
+    assert run_name("m", RunConfig(attn_type="star", block_size=4096)) == "m_star_b4ka4k"
+    assert run_name("m", RunConfig(attn_type="star", block_size=4096, anchor_block_size=1000)) == "m_star_b4ka1000"
+    assert run_name("m", RunConfig(attn_type="star", num_blocks=4)) == "m_star_4blocks"
