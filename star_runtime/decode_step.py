@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from .attention.hooks import attention_state
-from .attention.phase2 import GlobalAttention
-from .kv.shard import ContextShard, QueryCache
+from .attention.phase2 import BatchedGlobalAttention, GlobalAttention
+from .kv.shard import BatchedDecodeKV, ContextShard, QueryCache
 
 DYNAMIC_ROPE = ("dynamic", "longrope")
 
@@ -23,23 +23,46 @@ def graph_capturable(model) -> bool:
     return getattr(rotary, "rope_type", "default") not in DYNAMIC_ROPE
 
 
+def use_batched_kv(shards: list[ContextShard], caches: list[QueryCache] | None, device: torch.device) -> bool:
+    """Several samples: decode over one padded copy of their KV (BatchedDecodeKV) when it fits in half the
+    free device memory; otherwise, or for one sample, attend per sample (same math, more launches)."""
+    if len(shards) < 2:
+        return False
+    need = BatchedDecodeKV.nbytes(shards, caches)
+    if need == 0:
+        return False
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return need <= free // 2
+    return True
+
+
 class DecodeStep:
     """tokens (A,) -> next-token logits (A, V) for the A samples, positions advancing by one per call.
 
     shards: each sample's context shard; caches: each sample's query/generated KV (query host) or None.
+    Several samples attend together over a padded copy of their KV (one kernel sequence per layer for the
+    batch) when it fits; batched=False forces the per-sample path.
     """
 
     def __init__(self, model, group, shards: list[ContextShard], caches: list[QueryCache] | None,
-                 tokens: list[int], positions: list[int], use_graph: bool):
+                 tokens: list[int], positions: list[int], use_graph: bool, batched: bool | None = None):
         dev = group.device
         self.model = model
         self.caches = caches
-        if caches is not None:
-            for c in caches:
-                c.make_static()
         self.ids = torch.tensor(tokens, dtype=torch.long, device=dev).view(-1, 1)
         self.pos = torch.tensor(positions, dtype=torch.long, device=dev).view(-1, 1)
-        self.state = GlobalAttention(group, shards, caches, static=True)
+        if batched is None:
+            batched = use_batched_kv(shards, caches, dev)
+        self.kv = BatchedDecodeKV(shards, caches) if batched else None
+        if self.kv is not None:
+            self.state = BatchedGlobalAttention(group, self.kv)
+            self.counters = [self.kv.len_t]
+        else:
+            for c in caches or []:
+                c.make_static()
+            self.state = GlobalAttention(group, shards, caches, static=True)
+            self.counters = [c.len_t for c in caches or []]
         self.graph = None
         if use_graph:
             self._capture()
@@ -48,15 +71,14 @@ class DecodeStep:
         with attention_state(self.state):
             logits = self.model(input_ids=self.ids, position_ids=self.pos, use_cache=False,
                                 logits_to_keep=1).logits[:, -1]
-        if self.caches is not None:
-            for c in self.caches:
-                c.len_t += 1
+        for n in self.counters:
+            n += 1
         self.pos += 1
         return logits
 
     def _capture(self) -> None:
         saved_pos = self.pos.clone()
-        saved_len = [c.len_t.clone() for c in self.caches] if self.caches is not None else []
+        saved_len = [n.clone() for n in self.counters]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: kernels chosen, fused ops compiled, communicators ready
@@ -71,8 +93,8 @@ class DecodeStep:
 
     def _restore(self, pos, lens) -> None:
         self.pos.copy_(pos)
-        for c, n in zip(self.caches or [], lens):
-            c.len_t.copy_(n)
+        for n, saved in zip(self.counters, lens):
+            n.copy_(saved)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (A,) long on the device, the previous step's tokens. Returns logits (A, V)."""

@@ -96,10 +96,14 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
         msg = torch.zeros(len(batch), 2, dtype=torch.long, device=dev)
         if host:
             rows = []
+            # greedy batch: one argmax and one device-to-host copy for every sample
+            greedy = None
+            if all(getattr(samplers[b], "temperature", None) == 0 for b in batch):
+                greedy = torch.argmax(logits, dim=-1).tolist()
             for i, b in enumerate(batch):
                 if keep_logits:
                     gens[b].logits.append(logits[i].float().cpu())
-                tok = samplers[b](logits[i])
+                tok = greedy[i] if greedy is not None else samplers[b](logits[i])
                 stop = EOS if tok in eos else 0
                 if not stop and stop_checkers[b] is not None and stop_checkers[b](gens[b].tokens + [tok]):
                     stop = STOP_WORD

@@ -151,15 +151,17 @@ def _math(q, k, v, scale, causal):
 
 
 def masked_partial(q, k, v, scale: float, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention over the keys where ``valid`` (Tk,) is True: static shapes, for decode over a preallocated
-    cache whose length lives on the device. fp32 math; q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D)."""
+    """Attention over the keys where ``valid`` is True: static shapes, for decode over a preallocated
+    cache whose length lives on the device. fp32 math; q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D); valid (Tk,) or
+    any shape that broadcasts to (B, Hkv, Hq / Hkv, Tq, Tk). A row with no valid key gives out 0, lse -inf."""
     B, Hq, Tq, D = q.shape
     Hkv = k.shape[1]
     qf = q.float().view(B, Hkv, Hq // Hkv, Tq, D)
     scores = torch.einsum("bhgqd,bhkd->bhgqk", qf, k.float()) * scale
     scores = scores.masked_fill(~valid, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
-    out = torch.einsum("bhgqk,bhkd->bhgqd", torch.exp(scores - lse.unsqueeze(-1)), v.float())
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)  # empty row: exp(-inf) = 0, not NaN
+    out = torch.einsum("bhgqk,bhkd->bhgqd", torch.exp(scores - safe.unsqueeze(-1)), v.float())
     return out.reshape(B, Hq, Tq, D), lse.reshape(B, Hq, Tq)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kv.shard import ContextShard, QueryCache
+from ..kv.shard import BatchedDecodeKV, ContextShard, QueryCache
 from .merge import merge_partials, merge_two, pack, unpack
 from .partial import empty_partial, masked_partial, partial_attention
 
@@ -44,6 +44,27 @@ class GlobalAttention:
         if self.group.world_size > 1:
             gathered = self.group.all_gather(pack(out, lse))  # (W, A, Hq, T, D + 1): one collective
             out, lse = merge_partials(*unpack(gathered))
+        return out.to(q.dtype)
+
+
+class BatchedGlobalAttention:
+    """Static decode of A samples over one padded buffer (kv/shard.py BatchedDecodeKV): one write, one masked
+    attention and one collective per layer for the whole batch. Same math as GlobalAttention(static=True).
+
+    q: (A, Hq, 1, D); k, v: (A, Hkv, 1, D). Returns (A, Hq, 1, D).
+    """
+
+    def __init__(self, group, kv: BatchedDecodeKV):
+        self.group = group
+        self.kv = kv
+
+    def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
+        if self.kv.has_own:
+            self.kv.write(layer, k, v)
+        valid = self.kv.valid()[:, None, None, None, :]  # (A, 1, 1, 1, Tk) against (A, Hkv, G, 1, Tk)
+        out, lse = masked_partial(q, self.kv.k[layer], self.kv.v[layer], scale, valid)
+        if self.group.world_size > 1:
+            out, lse = merge_partials(*unpack(self.group.all_gather(pack(out, lse))))
         return out.to(q.dtype)
 
 

@@ -96,3 +96,79 @@ class QueryCache:
     def valid_static(self) -> torch.Tensor:
         """(capacity,) bool: slots holding tokens, the one written this step included."""
         return self.slots <= self.len_t
+
+
+class BatchedDecodeKV:
+    """Static decode KV of A samples in one padded buffer per layer, so a decode step attends for the whole
+    batch with one kernel sequence instead of one per sample.
+
+    Per layer k, v: (A, H_kv, Lc + Cq, D): sample a's context shard at [0, L_a), its query/generated tokens
+    (query host only) at [Lc, Lc + len_a); Lc = the longest shard, Cq = the largest query-cache capacity
+    (0 off the host). ``valid()`` (A, Lc + Cq) marks the slots that hold tokens, the one written this step
+    included; ``len_t`` (A,) on the device is each sample's own-token count. The context KV of the batch is
+    copied once for the decode (``nbytes`` tells how much).
+    """
+
+    def __init__(self, shards: list[ContextShard], caches: list[QueryCache] | None):
+        ref = _reference_tensor(shards, caches)
+        dev, dt, hkv, d = ref.device, ref.dtype, ref.shape[1], ref.shape[3]
+        lens = [len(sh) for sh in shards]
+        self.lc = max(lens)
+        cq = max(c.capacity for c in caches) if caches else 0
+        a = len(shards)
+        self.k, self.v = [], []
+        for layer in range(len(shards[0].keys)):
+            k = torch.zeros((a, hkv, self.lc + cq, d), dtype=dt, device=dev)
+            v = torch.zeros_like(k)
+            for i, sh in enumerate(shards):
+                if lens[i]:
+                    sk, sv = sh.get(layer)
+                    k[i, :, : lens[i]] = sk[0]
+                    v[i, :, : lens[i]] = sv[0]
+                if caches:
+                    c = caches[i]
+                    k[i, :, self.lc : self.lc + c.length] = c.k[layer][0, :, : c.length]
+                    v[i, :, self.lc : self.lc + c.length] = c.v[layer][0, :, : c.length]
+            self.k.append(k)
+            self.v.append(v)
+        slots = torch.arange(self.lc + cq, device=dev)
+        self.ctx_valid = slots < torch.tensor(lens, device=dev).unsqueeze(1)  # (A, Lc + Cq)
+        self.own_slots = slots - self.lc  # a slot's index among the own tokens; negative over the context
+        self.has_own = caches is not None
+        self.len_t = torch.tensor([c.length for c in caches] if caches else [0] * a, dtype=torch.long, device=dev)
+        self.rows = torch.arange(a, device=dev)
+
+    @staticmethod
+    def nbytes(shards: list[ContextShard], caches: list[QueryCache] | None) -> int:
+        """Bytes of the padded copy; 0 when there is nothing to attend to (no context, no own tokens)."""
+        ref = _reference_tensor(shards, caches)
+        if ref is None:
+            return 0
+        lc = max(len(sh) for sh in shards)
+        cq = max(c.capacity for c in caches) if caches else 0
+        per_token = 2 * len(shards[0].keys) * ref.shape[1] * ref.shape[3] * ref.element_size()
+        return len(shards) * (lc + cq) * per_token
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: (A, H_kv, 1, D), each sample's new token, written at its own slot Lc + len_t."""
+        idx = self.lc + self.len_t
+        self.k[layer][self.rows, :, idx] = k[:, :, 0]
+        self.v[layer][self.rows, :, idx] = v[:, :, 0]
+
+    def valid(self) -> torch.Tensor:
+        """(A, Lc + Cq) bool."""
+        if not self.has_own:
+            return self.ctx_valid
+        own = (self.own_slots >= 0) & (self.own_slots.unsqueeze(0) <= self.len_t.unsqueeze(1))
+        return self.ctx_valid | own
+
+
+def _reference_tensor(shards: list[ContextShard], caches: list[QueryCache] | None) -> torch.Tensor | None:
+    """Any stored key tensor (device, dtype, heads, head dim), or None if the batch holds none."""
+    for c in caches or []:
+        if c.k[0] is not None:
+            return c.k[0]
+    for sh in shards:
+        if len(sh):
+            return sh.get(0)[0]
+    return None
