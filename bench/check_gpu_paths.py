@@ -1,5 +1,5 @@
 """GPU exactness checks (fp32): decode eager vs static vs CUDA graph, and (1 GPU) star one block / ring
-vs dense; under torchrun, multi-GPU ring/star with graph decode vs eager decode. Exits non-zero on mismatch.
+vs dense, a worker split over 2 GPUs vs one GPU (when 2 are visible); under torchrun, multi-GPU ring/star with graph decode vs eager decode. Exits non-zero on mismatch.
 
   python bench/check_gpu_paths.py
   torchrun --nproc_per_node 2 bench/check_gpu_paths.py
@@ -53,6 +53,13 @@ def main():
         one_block = [(c, q) for c, q in cases if len(c) <= 700] or [(cases[0][0][:600], cases[0][1])]
         ok &= same(run(w, "dense", "eager", one_block, 8), run(w, "star", "graph", one_block, 8),
                    "star one block (graph) vs dense", rank)
+        if torch.cuda.device_count() >= 2:  # one worker whose layers are split over two GPUs
+            split = Worker(cfg.replace(gpus_per_worker=2), resolve_model(MODEL), 0, 1)
+            split.eos = set()
+            for mode in ("dense", "star"):
+                ok &= same(run(w, mode, "eager", cases, 12), run(split, mode, split.decode, cases, 12),
+                           f"{mode}: worker over 2 GPUs vs 1 GPU", rank)
+            split.close()
     else:
         for mode in ("ring", "star"):
             ok &= same(run(w, mode, "eager", cases, 12), run(w, mode, "graph", cases, 12),

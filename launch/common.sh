@@ -11,6 +11,8 @@ NNODES=${#NODES[@]}
 HEAD=${NODES[0]}
 GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-8}}}
 GPUS_PER_NODE=${GPUS_PER_NODE##*:}  # "h100:8" -> 8
+GPUS_PER_WORKER=${GPUS_PER_WORKER:-1}  # > 1: pass the same --gpus_per_worker to the run script
+WORKERS_PER_NODE=$((GPUS_PER_NODE / GPUS_PER_WORKER))
 HEAD_IP=$( { [ "${DRY_RUN:-0}" = 1 ] || ! command -v getent >/dev/null; } && echo "$HEAD" \
           || getent hosts "$HEAD" | awk '{print $1; exit}')
 HEAD_IP=${HEAD_IP:-$HEAD}

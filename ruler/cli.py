@@ -40,6 +40,8 @@ def build_parser(description: str, tasks: list[str], default_tasks: list[str]) -
                    help="only generate the samples into -d/--pregen_data_dir (no model; run them later with -d)")
     p.add_argument("-nn", "--num_nodes", type=int, default=1, help="nodes (Ray places workers over them)")
     p.add_argument("-np", "--nproc_per_node", type=int, default=1, help="workers per node")
+    p.add_argument("--gpus_per_worker", type=int, default=1,
+                   help="GPUs per worker: > 1 splits the model's layers over them (a model too big for one GPU)")
     p.add_argument("-o", "--output_dir", default="results")
     p.add_argument("--data_dir", default=None, help="raw benchmark data (default: $STAR_RUNTIME_DATA)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -61,7 +63,7 @@ def config_from(a, min_length: int = 256) -> RunConfig:
             raise ConfigError(f"sequence length {n} is too short for these tasks; use {min_length} tokens or more")
     return RunConfig(model_path=a.model_path, attn_type=a.attn_type, block_size=a.block_size,
                      anchor_block_size=a.anchor_block_size, num_blocks=a.num_blocks,
-                     num_workers=a.num_nodes * a.nproc_per_node,
+                     num_workers=a.num_nodes * a.nproc_per_node, gpus_per_worker=a.gpus_per_worker,
                      device=a.device, dtype=a.dtype, launcher=a.launcher,
                      ray_address=a.ray_address or os.environ.get("RAY_ADDRESS")).validate()
 

@@ -35,6 +35,7 @@ class RunConfig:
     tokens_to_generate: int = 32
     stop_words: list[str] = field(default_factory=list)
     num_workers: int = 1
+    gpus_per_worker: int = 1  # > 1: the worker's model layers are split over that many GPUs (big models)
     device: str = "cpu"
     dtype: str = "auto"
     temperature: float = 0.0
@@ -71,6 +72,18 @@ class RunConfig:
             raise ConfigError(f"--max_batch_tokens must be >= 0 (got {self.max_batch_tokens}); 0 means no cap")
         if self.num_workers < 1:
             raise ConfigError(f"--num_workers must be >= 1 (got {self.num_workers})")
+        if self.gpus_per_worker < 1:
+            raise ConfigError(f"--gpus_per_worker must be >= 1 (got {self.gpus_per_worker})")
+        if self.gpus_per_worker > 1:
+            if self.device != "cuda":
+                raise ConfigError(f"--gpus_per_worker {self.gpus_per_worker} splits a worker's model over GPUs; "
+                                  "it needs --device cuda (on CPU use --gpus_per_worker 1)")
+            if self.attn_type == "block":
+                raise ConfigError("block mode keeps each worker's block cache on one GPU; "
+                                  "use --gpus_per_worker 1 with --attn_type block")
+            if self.decode == "graph":
+                raise ConfigError("--decode graph captures one GPU's stream; a worker over several GPUs "
+                                  "decodes with --decode static (auto picks it)")
         if self.block_size == 0 or self.block_size < -1:
             raise ConfigError(
                 f"--block_size must be a positive number of tokens (got {self.block_size}); "

@@ -28,6 +28,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens_to_generate", type=int, default=32)
     p.add_argument("--stop_words", default="", help="comma-separated stop words")
     p.add_argument("--num_workers", "-np", type=int, default=1, help="workers (one per GPU on cuda)")
+    p.add_argument("--gpus_per_worker", type=int, default=1,
+                   help="GPUs per worker: > 1 splits the model's layers over them (a model too big for one GPU)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bfloat16 on cuda, float32 on cpu")
@@ -58,7 +60,8 @@ def config_from_args(a) -> RunConfig:
         model_path=a.model_path, attn_type=a.attn_type, block_size=a.block_size,
         anchor_block_size=a.anchor_block_size, num_blocks=a.num_blocks,
         tokens_to_generate=a.tokens_to_generate,
-        stop_words=[s for s in a.stop_words.split(",") if s], num_workers=a.num_workers, device=a.device,
+        stop_words=[s for s in a.stop_words.split(",") if s], num_workers=a.num_workers,
+        gpus_per_worker=a.gpus_per_worker, device=a.device,
         dtype=a.dtype, temperature=a.temperature, top_p=a.top_p, seed=a.seed, chat_template=a.chat_template,
         launcher=a.launcher, ray_address=a.ray_address, block_delimiter=a.block_delimiter,
         num_local_attention_blocks=a.num_local_attention_blocks, block_cache_gpu_gib=a.block_cache_gpu_gib,

@@ -43,12 +43,18 @@ def sync_device(device: torch.device) -> None:
 DECODE_MODES = ("auto", "eager", "static", "graph")
 
 
-def resolve_decode_mode(mode: str, model, device: torch.device) -> str:
-    """auto: a CUDA graph per batch on GPUs (unless the RoPE type needs the host), eager elsewhere."""
+def resolve_decode_mode(mode: str, model, device: torch.device, num_devices: int = 1) -> str:
+    """auto: a CUDA graph per batch on GPUs (unless the RoPE type needs the host), eager elsewhere; static
+    (same fixed shapes, not captured) for a model split over several GPUs."""
     from .decode_step import graph_capturable
 
     if mode == "auto":
+        if device.type == "cuda" and num_devices > 1:
+            return "static"
         return "graph" if device.type == "cuda" and graph_capturable(model) else "eager"
+    if mode == "graph" and num_devices > 1:
+        raise ValueError("--decode graph captures one GPU's stream; a model split over several GPUs decodes "
+                         "with --decode static")
     if mode == "graph" and (device.type != "cuda" or not graph_capturable(model)):
         raise ValueError("--decode graph needs a CUDA device and a RoPE type without host-side updates; "
                          "use --decode static or eager")

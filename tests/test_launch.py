@@ -60,6 +60,13 @@ def test_srun_dry_run():
                      "--master_port=29500 run_ruler.py -l 131072 -nn 3 -np 4 --launcher torchrun" for i in range(3)]
 
 
+def test_srun_dry_run_two_gpus_per_worker():
+    lines = dry("launch/slurm_srun.sbatch", "run_ruler.py", "-l", "131072", "-nn", "3", "-np", "2",
+                "--gpus_per_worker", "2", GPUS_PER_WORKER="2")
+    assert lines[0] == ("[gpu07] torchrun --nnodes=3 --nproc_per_node=2 --node_rank=0 --master_addr=gpu07 "
+                        "--master_port=29500 run_ruler.py -l 131072 -nn 3 -np 2 --gpus_per_worker 2 --launcher torchrun")
+
+
 def test_launch_sh_dry_run_on_cpu():
     e = {**os.environ, "DRY_RUN": "1", "PATH": "/usr/bin:/bin"}  # no nvidia-smi: CPU workers
     out = subprocess.run(["bash", str(ROOT / "launch.sh"), "-l", "1024", "-s", "2", "-t", "niah_single_1"],

@@ -15,6 +15,7 @@ import torch
 from transformers import AttentionInterface
 
 ATTN_NAME = "star_runtime"
+HOME_ATTR = "_star_runtime_home"
 
 
 class AttentionState(Protocol):
@@ -42,8 +43,21 @@ def _runtime_attention(module, query, key, value, attention_mask, scaling=None, 
             "star_runtime attention was called outside a runtime step; run the model through star_runtime"
         )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    home = getattr(module, HOME_ATTR, None)
+    if home is not None and query.device != home:  # a layer on another GPU of a split worker
+        out = _STATE.attend(module.layer_idx, query.to(home), key.to(home), value.to(home), scale)
+        return out.to(query.device).transpose(1, 2).contiguous(), None
     out = _STATE.attend(module.layer_idx, query, key, value, scale)
     return out.transpose(1, 2).contiguous(), None
+
+
+def keep_attention_on(model, device: torch.device) -> None:
+    """A model split over several GPUs: every layer's attention runs on ``device`` (the worker's group
+    device), so all runtime KV, masks and collectives stay on one GPU; only the weights are spread."""
+    for layer in model.get_decoder().layers:
+        for m in layer.modules():
+            if hasattr(m, "layer_idx"):
+                setattr(m, HOME_ATTR, device)
 
 
 def register() -> str:

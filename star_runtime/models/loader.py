@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..attention.hooks import register
+from ..attention.hooks import keep_attention_on, register
 from ..config import ConfigError
 from .bundled import BUNDLED_NAME, bundled_model_dir, bundled_tokenizer_dir, converted_gguf_dir
 from .random_configs import RANDOM_CONFIGS, random_config
@@ -85,23 +85,56 @@ def check_supported(config) -> None:
         raise ConfigError(f"{text.model_type}: attention logit soft-capping is not supported")
 
 
-def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device):
-    """Return the model in eval mode on ``device`` using the runtime attention."""
+def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device,
+               devices: list[torch.device] | None = None):
+    """Return the model in eval mode on ``device`` using the runtime attention.
+
+    devices (several): the decoder layers' weights are split over them in order, in equal runs (a model too
+    big for one GPU); embeddings, final norm, rotary embedding and LM head stay on the first, and so does
+    every layer's attention with its KV (attention/hooks.py keep_attention_on).
+    """
     from transformers import AutoModelForCausalLM
 
     name = register()
     config = model_config(source)
     check_supported(config)
+    split = devices is not None and len(devices) > 1
     if source.kind == "random":
         torch.manual_seed(RANDOM_SEED)
-        with torch.device(device):
+        with torch.device("cpu" if split else device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=name)
     else:
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, attn_implementation=name)
+    if split:
+        from accelerate import dispatch_model
+
+        model = dispatch_model(model, device_map=layer_device_map(model, devices))
+        keep_attention_on(model, devices[0])
+    else:
         model.to(device)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def layer_device_map(model, devices: list[torch.device]) -> dict[str, str]:
+    """{module name: device} with the decoder layers in len(devices) consecutive runs (earlier devices take
+    the extra layers, as torch.tensor_split) and every other module on devices[0]."""
+    decoder = model.get_decoder()
+    prefix = next(n for n, m in model.named_modules() if m is decoder)
+    layers = decoder.layers
+    runs = torch.tensor_split(torch.arange(len(layers)), len(devices))
+    where = {int(i): str(devices[d]) for d, run in enumerate(runs) for i in run}
+    dmap = {}
+    for n, _ in model.named_children():
+        if n != prefix.split(".")[0]:
+            dmap[n] = str(devices[0])
+    for n, _ in decoder.named_children():
+        if n != "layers":
+            dmap[f"{prefix}.{n}" if prefix else n] = str(devices[0])
+    for i in range(len(layers)):
+        dmap[f"{prefix}.layers.{i}" if prefix else f"layers.{i}"] = where[i]
+    return dmap
 
 
 def text_config(config):

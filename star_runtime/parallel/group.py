@@ -97,12 +97,21 @@ class Group:
             dist.destroy_process_group()
 
 
-def local_device(kind: str) -> torch.device:
-    """The device of this process: cuda:LOCAL_RANK under torchrun, cuda:0 under Ray (it sets the visible GPU)."""
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda asked for, but this worker sees no CUDA GPU; use --device cpu")
-        idx = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
-        torch.cuda.set_device(idx)
-        return torch.device("cuda", idx)
-    return torch.device("cpu")
+def local_devices(kind: str, per_worker: int = 1) -> list[torch.device]:
+    """This process's devices: under torchrun GPUs [LOCAL_RANK * n, (LOCAL_RANK + 1) * n); under Ray the n
+    GPUs it made visible (cuda:0 ..). The first is the group device (communicator, embeddings, LM head)."""
+    if kind != "cuda":
+        return [torch.device("cpu")]
+    if not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but this worker sees no CUDA GPU; use --device cpu")
+    count = torch.cuda.device_count()
+    if per_worker > count:
+        raise RuntimeError(f"--gpus_per_worker {per_worker} but this worker sees {count} GPU(s); lower it")
+    first = (int(os.environ.get("LOCAL_RANK", 0)) * per_worker) % count
+    if first + per_worker > count:
+        raise RuntimeError(f"local rank {os.environ.get('LOCAL_RANK')} with --gpus_per_worker {per_worker} needs "
+                           f"GPUs {first}..{first + per_worker - 1}, this node has {count}; start "
+                           f"{count // per_worker} workers per node")
+    torch.cuda.set_device(first)
+    return [torch.device("cuda", first + j) for j in range(per_worker)]
+

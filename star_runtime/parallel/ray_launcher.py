@@ -88,7 +88,7 @@ class RayLauncher:
         self.world_size = cfg.world_size
         self.is_writer = True
         ensure_ray(cfg.ray_address, self.world_size)
-        gpus = 1 if cfg.device == "cuda" else 0
+        gpus = cfg.gpus_per_worker if cfg.device == "cuda" else 0
         bundles = [{"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1} for _ in range(self.world_size)]
         # PACK fills a node's GPUs before the next node's; over several nodes the ranks are then ordered by
         # node (below), so consecutive context blocks stay on one node.
@@ -98,7 +98,7 @@ class RayLauncher:
         except Exception as e:
             remove_placement_group(self.pg)
             raise WorkerFailure(
-                f"Ray could not place {self.world_size} workers ({'1 GPU' if gpus else '1 CPU'} each) within "
+                f"Ray could not place {self.world_size} workers ({f'{gpus} GPU' if gpus else '1 CPU'} each) within "
                 f"120 s; the cluster has {ray.cluster_resources()}; lower --num_workers"
             ) from e
         self.actors = [

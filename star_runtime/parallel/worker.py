@@ -20,7 +20,7 @@ from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dty
 from ..phase1 import encode_context
 from ..phase2 import generate, resolve_decode_mode, sync_device
 from ..sampling import Sampler, StopChecker, eos_ids
-from .group import Group, local_device
+from .group import Group, local_devices
 
 
 @dataclass
@@ -61,17 +61,18 @@ class Worker:
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # one progress bar per worker would only be noise
-        self.device = local_device(cfg.device)
+        self.devices = local_devices(cfg.device, cfg.gpus_per_worker)
+        self.device = self.devices[0]
         if self.device.type == "cpu" and threads:
             torch.set_num_threads(threads)
         self.group = Group.init(rank, world_size, self.device, init_method, cfg.collective_timeout_s)
-        self.model = load_model(source, resolve_dtype(cfg.dtype, cfg.device), self.device)
+        self.model = load_model(source, resolve_dtype(cfg.dtype, cfg.device), self.device, self.devices)
         self.source = source
         self.tokenizer = None  # loaded on the query host only if stop words are asked for
         self.eos = eos_ids(self.model, None)
         pad = getattr(self.model.config, "pad_token_id", None)
         self.pad_id = pad if isinstance(pad, int) else 0
-        self.decode = resolve_decode_mode(cfg.decode, self.model, self.device)
+        self.decode = resolve_decode_mode(cfg.decode, self.model, self.device, len(self.devices))
         self.store: BlockStore | None = None
         self.reencoder: RopeReencoder | None = None
         if cfg.attn_type == "block":
