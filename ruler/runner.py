@@ -43,22 +43,44 @@ def run_name(model_name: str, cfg: RunConfig) -> str:
     return name
 
 
-class RulerBenchmark:
-    """RULER samples (generated once per folder, or pre-generated), its tokens to generate and its scoring.
+class Benchmark:
+    """What run_benchmark drives: a benchmark's samples (generated once per folder, or pre-generated), its
+    tokens to generate and its scoring. RULER and BABILong give name, generate_task(task, length, n,
+    tokenizer, head, tail, data_dir, seed), tokens_to_generate(task) and score(task, records).
 
-    run_benchmark drives any object with this interface (BABILong has its own).
+    The raw data folder is resolved when samples are generated: a run from pre-generated samples may go
+    without it, any other run checks it at once.
     """
 
-    name = "ruler"
+    name = ""  # also the data folder's subfolder the generator reads
 
     def __init__(self, template: str, data_dir: str | None, pregen_dir: str | None = None, seed: int = 42):
         self.template = template
-        # raw data is needed only to generate; a run from pre-generated samples may go without it
         self.data_dir = data_dir
-        self.data = None if pregen_dir else resolve_data_dir(data_dir)
         self.pregen_dir = pregen_dir
         self.seed = seed
         self.head, self.tail, self.stop_words = split_template(template)
+        self._data = None if pregen_dir else resolve_data_dir(data_dir, need=self.name)
+
+    def generate(self, task: str, length: int, num_samples: int, tokenizer) -> list[dict]:
+        if self._data is None:
+            self._data = resolve_data_dir(self.data_dir, need=self.name)
+        return self.generate_task(task, length, num_samples, tokenizer, self.head, self.tail, self._data,
+                                  self.seed)
+
+    def samples_file(self, task: str, length: int, num_samples: int, engine: Engine, out_dir: Path) -> Path:
+        """Pre-generated samples if -d holds them, else samples generated once next to the predictions."""
+        if self.pregen_dir:
+            f = pregen_file(self.pregen_dir, length, task)
+            if f.exists():
+                return f
+        return write_samples(self, task, length, num_samples, engine.tokenizer, engine.source,
+                             out_dir / "data" / task / "validation.jsonl")
+
+
+class RulerBenchmark(Benchmark):
+    name = "ruler"
+    generate_task = staticmethod(generate_task)
 
     def tokens_to_generate(self, task: str) -> int:
         return task_family(task)["tokens_to_generate"]
@@ -66,30 +88,13 @@ class RulerBenchmark:
     def score(self, task: str, records: list[dict]) -> dict:
         return score_task(task, records)
 
-    def generate(self, task: str, length: int, num_samples: int, tokenizer) -> list[dict]:
-        if self.data is None:
-            self.data = resolve_data_dir(self.data_dir)
-        return generate_task(task, length, num_samples, tokenizer, self.head, self.tail, self.data, self.seed)
 
-    def samples_file(self, task: str, length: int, num_samples: int, engine: Engine, out_dir: Path) -> Path:
-        if self.pregen_dir:
-            f = Path(self.pregen_dir) / str(length) / task / "validation.jsonl"
-            if f.exists():
-                return f
-        return cached_samples(self, task, length, num_samples, engine, out_dir)
+def write_samples(bench, task: str, length: int, num_samples: int, tokenizer, source, f: Path) -> Path:
+    """Generate into f (with a .meta.json of the settings) unless f already holds these settings' samples.
 
-
-def cached_samples(bench, task: str, length: int, num_samples: int, engine: Engine, out_dir: Path) -> Path:
-    """Samples generated once and kept next to the predictions; regenerated if the settings changed."""
-    tokenizer_id = engine.source.tokenizer_path or engine.source.name
-    return write_samples(bench, task, length, num_samples, engine.tokenizer, tokenizer_id,
-                         out_dir / "data" / task / "validation.jsonl")
-
-
-def write_samples(bench, task: str, length: int, num_samples: int, tokenizer, tokenizer_id: str, f: Path) -> Path:
-    """Generate into f (with a .meta.json of the settings) unless f already holds these settings' samples."""
+    source: the evaluated model's ModelSource (its tokenizer identifies the samples)."""
     meta = {"benchmark": bench.name, "task": task, "length": length, "num_samples": num_samples,
-            "template": bench.template, "seed": bench.seed, "tokenizer": tokenizer_id}
+            "template": bench.template, "seed": bench.seed, "tokenizer": source.tokenizer_path or source.name}
     meta_file = f.with_suffix(".meta.json")
     if f.exists() and meta_file.exists() and json.loads(meta_file.read_text()) == meta:
         return f
@@ -107,6 +112,11 @@ def write_samples(bench, task: str, length: int, num_samples: int, tokenizer, to
     return f
 
 
+def pregen_file(root: str, length: int, task: str) -> Path:
+    """Where -d/--pregen_data_dir keeps a (length, task)'s samples."""
+    return Path(root) / str(length) / task / "validation.jsonl"
+
+
 def prepare_samples(bench, model_path: str | None, lengths: list[int], tasks: list[str], num_samples: int,
                     out_root: str) -> list[Path]:
     """Samples only, no model: <out_root>/<length>/<task>/validation.jsonl, the layout -d/--pregen_data_dir reads.
@@ -115,12 +125,11 @@ def prepare_samples(bench, model_path: str | None, lengths: list[int], tasks: li
     """
     source = resolve_model(model_path)
     tokenizer = load_tokenizer(source)
-    tokenizer_id = source.tokenizer_path or source.name
     files = []
     for length in lengths:
         for task in tqdm(tasks, desc=f"{bench.name} samples, {length} tokens", unit="task"):
-            f = Path(out_root) / str(length) / task / "validation.jsonl"
-            files.append(write_samples(bench, task, length, num_samples, tokenizer, tokenizer_id, f))
+            f = pregen_file(out_root, length, task)
+            files.append(write_samples(bench, task, length, num_samples, tokenizer, source, f))
     return files
 
 
