@@ -15,7 +15,7 @@ from .kv.block_store import block_key
 from .models.loader import load_tokenizer, model_config, model_window, resolve_model
 from .parallel.launchers import make_launcher
 from .parallel.worker import Reply, Request
-from .phase1 import star_plan
+from .phase1 import config_plan
 from .prompts import split_blocks, tokenize_blocks, tokenize_prompt
 from .sampling import truncate_at_stop_words
 
@@ -126,8 +126,7 @@ class Engine:
         """One line when a short sample leaves workers without context (the run goes on)."""
         w = self.cfg.world_size
         if self.cfg.attn_type == "star" and w > 1:
-            plan = star_plan(len(req.context_ids), self.cfg.block_size, self.cfg.anchor_block_size, w,
-                             self.cfg.num_blocks)
+            plan = config_plan(self.cfg, len(req.context_ids))
             if plan.num_blocks < w:
                 return (f"sample {req.index}: {len(req.context_ids)} context tokens make {plan.num_blocks} "
                         f"block(s) of {plan.block_size} for {w} workers; {w - plan.num_blocks} worker(s) hold "
@@ -153,8 +152,7 @@ class Engine:
         decode_steps = max(0, reply.steps - 1)
         block = None
         if self.cfg.attn_type == "star":
-            block = star_plan(len(req.context_ids), self.cfg.block_size, self.cfg.anchor_block_size,
-                              self.cfg.world_size, self.cfg.num_blocks).block_size
+            block = config_plan(self.cfg, len(req.context_ids)).block_size
         return {
             "pred": pred,
             "tokens_generated": n,

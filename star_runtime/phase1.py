@@ -55,6 +55,11 @@ def star_plan(length: int, block_size: int, anchor_block_size: int, world: int, 
     return StarPlan(length, s, a, tuple(tuple(int(b) for b in p) for p in parts))
 
 
+def config_plan(cfg, length: int) -> StarPlan:
+    """The star plan a run's settings give a context of ``length`` tokens (cfg: RunConfig)."""
+    return star_plan(length, cfg.block_size, cfg.anchor_block_size, cfg.world_size, cfg.num_blocks)
+
+
 def _decoder(model):
     return model.get_decoder()
 
@@ -129,8 +134,7 @@ def encode_context(model, cfg, group, ctx: torch.Tensor, pad_id: int = 0) -> Con
     if cfg.attn_type == "dense":
         return encode_dense(model, ctx)
     if cfg.attn_type == "star":
-        plan = star_plan(ctx.numel(), cfg.block_size, cfg.anchor_block_size, group.world_size, cfg.num_blocks)
-        return encode_star(model, ctx, plan, group.rank, pad_id, cfg.max_batch_tokens)
+        return encode_star(model, ctx, config_plan(cfg, ctx.numel()), group.rank, pad_id, cfg.max_batch_tokens)
     if cfg.attn_type == "ring":
         return encode_ring(model, ctx, group, pad_id)
     raise ValueError(f"unknown attention type {cfg.attn_type!r}")

@@ -104,7 +104,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
             rows = []
             # greedy batch: one argmax and one device-to-host copy for every sample
             greedy = None
-            if all(getattr(samplers[b], "temperature", None) == 0 for b in batch):
+            if all(samplers[b].temperature == 0 for b in batch):
                 greedy = torch.argmax(logits, dim=-1).tolist()
             for i, b in enumerate(batch):
                 if keep_logits:

@@ -129,25 +129,31 @@ def _math(q, k, v, scale, causal):
     """fp32 reference math, chunked over queries, GQA without copying K/V per query head."""
     B, Hq, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    G = Hq // Hkv
-    qf = q.float().view(B, Hkv, G, Tq, D)
+    qf = q.float().view(B, Hkv, Hq // Hkv, Tq, D)
     kf = k.float()
     vf = v.float()
-    out = torch.empty(B, Hkv, G, Tq, D, dtype=torch.float32, device=q.device)
-    lse = torch.empty(B, Hkv, G, Tq, dtype=torch.float32, device=q.device)
+    out = torch.empty(B, Hkv, Hq // Hkv, Tq, D, dtype=torch.float32, device=q.device)
+    lse = torch.empty(B, Hkv, Hq // Hkv, Tq, dtype=torch.float32, device=q.device)
     chunk = max(1, _MATH_CHUNK_BYTES // max(1, B * Hq * Tk * 4))
     for s in range(0, Tq, chunk):
         e = min(Tq, s + chunk)
-        scores = torch.einsum("bhgqd,bhkd->bhgqk", qf[:, :, :, s:e], kf) * scale
+        valid = None
         if causal:
-            rows = torch.arange(s, e, device=q.device).unsqueeze(1)
-            cols = torch.arange(Tk, device=q.device).unsqueeze(0)
-            scores = scores.masked_fill(cols > rows, float("-inf"))
-        l = torch.logsumexp(scores, dim=-1)
-        p = torch.exp(scores - l.unsqueeze(-1))
-        out[:, :, :, s:e] = torch.einsum("bhgqk,bhkd->bhgqd", p, vf)
-        lse[:, :, :, s:e] = l
+            valid = torch.arange(Tk, device=q.device).unsqueeze(0) <= torch.arange(s, e, device=q.device).unsqueeze(1)
+        out[:, :, :, s:e], lse[:, :, :, s:e] = _grouped_softmax_attention(qf[:, :, :, s:e], kf, vf, scale, valid)
     return out.view(B, Hq, Tq, D), lse.view(B, Hq, Tq)
+
+
+def _grouped_softmax_attention(qf, kf, vf, scale, valid):
+    """fp32 qf (B, Hkv, G, Tq, D) over kf, vf (B, Hkv, Tk, D); valid None (all keys) or a bool mask that
+    broadcasts to (B, Hkv, G, Tq, Tk). Returns out (B, Hkv, G, Tq, D), lse (B, Hkv, G, Tq); a row with no
+    valid key gives out 0, lse -inf."""
+    scores = torch.einsum("bhgqd,bhkd->bhgqk", qf, kf) * scale
+    if valid is not None:
+        scores = scores.masked_fill(~valid, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)  # empty row: exp(-inf) = 0, not NaN
+    return torch.einsum("bhgqk,bhkd->bhgqd", torch.exp(scores - safe.unsqueeze(-1)), vf), lse
 
 
 def masked_partial(q, k, v, scale: float, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,12 +162,8 @@ def masked_partial(q, k, v, scale: float, valid: torch.Tensor) -> tuple[torch.Te
     any shape that broadcasts to (B, Hkv, Hq / Hkv, Tq, Tk). A row with no valid key gives out 0, lse -inf."""
     B, Hq, Tq, D = q.shape
     Hkv = k.shape[1]
-    qf = q.float().view(B, Hkv, Hq // Hkv, Tq, D)
-    scores = torch.einsum("bhgqd,bhkd->bhgqk", qf, k.float()) * scale
-    scores = scores.masked_fill(~valid, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)  # empty row: exp(-inf) = 0, not NaN
-    out = torch.einsum("bhgqk,bhkd->bhgqd", torch.exp(scores - safe.unsqueeze(-1)), v.float())
+    out, lse = _grouped_softmax_attention(q.float().view(B, Hkv, Hq // Hkv, Tq, D), k.float(), v.float(), scale,
+                                          valid)
     return out.reshape(B, Hq, Tq, D), lse.reshape(B, Hq, Tq)
 
 

@@ -15,6 +15,14 @@ from .merge import merge_partials, merge_two, pack, unpack
 from .partial import empty_partial, masked_partial, partial_attention
 
 
+def merge_over_workers(group, out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """This worker's partial (out (A, Hq, T, D), lse (A, Hq, T)) -> the exact attention over every worker's
+    KV: one packed all-gather (W, A, Hq, T, D + 1), merged in the same order on every worker. Returns out."""
+    if group.world_size == 1:
+        return out
+    return merge_partials(*unpack(group.all_gather(pack(out, lse))))[0]
+
+
 class GlobalAttention:
     """New tokens of A samples: q (A, Hq, T, D); k, v (A, Hkv, T, D). Returns (A, Hq, T, D).
 
@@ -41,10 +49,7 @@ class GlobalAttention:
             outs.append(o)
             lses.append(l)
         out, lse = (outs[0], lses[0]) if len(outs) == 1 else (torch.cat(outs), torch.cat(lses))
-        if self.group.world_size > 1:
-            gathered = self.group.all_gather(pack(out, lse))  # (W, A, Hq, T, D + 1): one collective
-            out, lse = merge_partials(*unpack(gathered))
-        return out.to(q.dtype)
+        return merge_over_workers(self.group, out, lse).to(q.dtype)
 
 
 class BatchedGlobalAttention:
@@ -63,9 +68,7 @@ class BatchedGlobalAttention:
             self.kv.write(layer, k, v)
         valid = self.kv.valid()[:, None, None, None, :]  # (A, 1, 1, 1, Tk) against (A, Hkv, G, 1, Tk)
         out, lse = masked_partial(q, self.kv.k[layer], self.kv.v[layer], scale, valid)
-        if self.group.world_size > 1:
-            out, lse = merge_partials(*unpack(self.group.all_gather(pack(out, lse))))
-        return out.to(q.dtype)
+        return merge_over_workers(self.group, out, lse).to(q.dtype)
 
 
 def _own(cache: QueryCache, layer, q, k, v, scale):
