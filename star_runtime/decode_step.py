@@ -42,22 +42,20 @@ class DecodeStep:
 
     shards: each sample's context shard; caches: each sample's query/generated KV (query host) or None.
     Several samples attend together over a padded copy of their KV (one kernel sequence per layer for the
-    batch) when it fits; batched=False forces the per-sample path.
+    batch) when it fits (use_batched_kv), else sample by sample.
     """
 
     def __init__(self, model, group, shards: list[ContextShard], caches: list[QueryCache] | None,
-                 tokens: list[int], positions: list[int], use_graph: bool, batched: bool | None = None):
+                 tokens: list[int], positions: list[int], use_graph: bool):
         dev = group.device
         self.model = model
         self.caches = caches
         self.ids = torch.tensor(tokens, dtype=torch.long, device=dev).view(-1, 1)
         self.pos = torch.tensor(positions, dtype=torch.long, device=dev).view(-1, 1)
-        if batched is None:
-            batched = use_batched_kv(shards, caches, dev)
-        self.kv = BatchedDecodeKV(shards, caches) if batched else None
-        if self.kv is not None:
-            self.state = BatchedGlobalAttention(group, self.kv)
-            self.counters = [self.kv.len_t]
+        if use_batched_kv(shards, caches, dev):
+            kv = BatchedDecodeKV(shards, caches)
+            self.state = BatchedGlobalAttention(group, kv)
+            self.counters = [kv.len_t]
         else:
             for c in caches or []:
                 c.make_static()

@@ -135,29 +135,23 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
         sync_device(dev)
         gens[b].first_token_s = time.perf_counter() - t0
 
+    step = None  # static / graph: one fixed-shape step for the whole batch (finished samples ride along)
     if decode != "eager" and any(running):
         from .decode_step import DecodeStep
 
         step = DecodeStep(model, group, shards, caches, last, pos, use_graph=decode == "graph")
-        while any(running):
-            batch = [b for b in range(n) if running[b]]
-            t0 = time.perf_counter()
-            logits = step(torch.tensor(last, dtype=torch.long, device=dev))
-            decide(batch, logits[batch] if host else None)
-            sync_device(dev)
-            dt = time.perf_counter() - t0
-            for b in batch:
-                gens[b].decode_s += dt
-        return gens
-
     while any(running):  # decode, every unfinished sample one token per step
         batch = [b for b in range(n) if running[b]]
         t0 = time.perf_counter()
-        ids = torch.tensor([[last[b]] for b in batch], dtype=torch.long, device=dev)
-        p = torch.tensor([[pos[b]] for b in batch], dtype=torch.long, device=dev)
-        decide(batch, forward(batch, ids, p))
-        for b in batch:
-            pos[b] += 1
+        if step is not None:
+            logits = step(torch.tensor(last, dtype=torch.long, device=dev))
+            decide(batch, logits[batch] if host else None)
+        else:
+            ids = torch.tensor([[last[b]] for b in batch], dtype=torch.long, device=dev)
+            p = torch.tensor([[pos[b]] for b in batch], dtype=torch.long, device=dev)
+            decide(batch, forward(batch, ids, p))
+            for b in batch:
+                pos[b] += 1
         sync_device(dev)
         dt = time.perf_counter() - t0
         for b in batch:

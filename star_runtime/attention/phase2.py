@@ -62,12 +62,14 @@ class BatchedGlobalAttention:
     def __init__(self, group, kv: BatchedDecodeKV):
         self.group = group
         self.kv = kv
+        self.valid = None
 
     def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
         if self.kv.has_own:
             self.kv.write(layer, k, v)
-        valid = self.kv.valid()[:, None, None, None, :]  # (A, 1, 1, 1, Tk) against (A, Hkv, G, 1, Tk)
-        out, lse = masked_partial(q, self.kv.k[layer], self.kv.v[layer], scale, valid)
+        if layer == 0:  # the slots are the same in every layer of a step: build the mask once per step
+            self.valid = self.kv.valid()[:, None, None, None, :]  # (A, 1, 1, 1, Tk) against (A, Hkv, G, 1, Tk)
+        out, lse = masked_partial(q, self.kv.k[layer], self.kv.v[layer], scale, self.valid)
         return merge_over_workers(self.group, out, lse).to(q.dtype)
 
 
