@@ -1,5 +1,6 @@
 """GPU exactness checks (fp32): decode eager vs static vs CUDA graph, and (1 GPU) star one block / ring
-vs dense, a worker split over 2 GPUs vs one GPU (when 2 are visible); under torchrun, multi-GPU ring/star with graph decode vs eager decode. Exits non-zero on mismatch.
+vs dense, a worker split over 2 GPUs vs one GPU (when 2 are visible); under torchrun, multi-GPU ring/star with graph decode vs eager decode, star over the GPUs
+(anchor broadcast over NCCL) vs star on one GPU, ring vs dense. Exits non-zero on mismatch.
 
   python bench/check_gpu_paths.py
   torchrun --nproc_per_node 2 bench/check_gpu_paths.py
@@ -64,6 +65,13 @@ def main():
         for mode in ("ring", "star"):
             ok &= same(run(w, mode, "eager", cases, 12), run(w, mode, "graph", cases, 12),
                        f"{mode} x{world}: CUDA graph vs eager decode", rank)
+        solo = Worker(cfg, resolve_model(MODEL), 0, 1)  # every rank: star on its own GPU, one worker
+        solo.eos = set()
+        ok &= same(run(solo, "star", "eager", cases, 12), run(w, "star", "eager", cases, 12),
+                   f"star x{world} (anchor broadcast) vs 1 GPU", rank)
+        ok &= same(run(solo, "dense", "eager", cases, 12), run(w, "ring", "eager", cases, 12),
+                   f"ring x{world} vs dense on 1 GPU", rank)
+        solo.close()
         ring = run(w, "ring", "graph", cases, 12)
         if rank == 0:
             print("ring shard tokens", [r.shard_tokens for r in ring])

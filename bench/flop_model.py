@@ -4,9 +4,10 @@ Per GPU, with context L over H workers, model of hidden size h, n_layers layers:
   linear FLOPs per token   = 2 x (parameters of the q/k/v/o projections and the MLP)         (no LM head)
   attention FLOPs per pair = 4 x heads x head_dim x n_layers    (q.k and p.v, 2 FLOPs per multiply-add)
   ring : L/H tokens of linear work, and 1/H of the causal pairs L^2/2 (zigzag: every GPU the same).
-  star : its blocks (S tokens each, L/(H S) of them) plus one anchor of A tokens of linear work; attention
-         inside each block (S^2/2), from each block to the anchor (S x A), and the anchor's own (A^2/2).
-         The busiest GPU is any but the first (the first has block 0, which needs no anchor).
+  star : its blocks (S tokens each, L/(H S) of them, earlier GPUs taking the extra ones) of linear work;
+         attention inside each block (S^2/2) and from each block but block 0 to the anchor (S x A). The
+         anchor (A tokens, A^2/2 pairs) is encoded once, by the first GPU, and broadcast; with A == S it is
+         block 0, which the first GPU then does not encode again. The busiest GPU counts.
 The predicted speed-up assumes both run at the same FLOP rate.
 
   python bench/flop_model.py --length 131072 --workers 4 --block 8192
@@ -53,13 +54,23 @@ def ring_flops(shape: Shape, length: int, workers: int) -> dict:
 
 
 def star_flops(shape: Shape, length: int, workers: int, block: int, anchor: int | None = None) -> dict:
-    """The busiest GPU's FLOPs (a worker holding blocks other than block 0)."""
+    """The busiest GPU's FLOPs (blocks split over GPUs in order as phase1.star_plan does)."""
     anchor = block if anchor is None else anchor
     blocks = math.ceil(length / block)
-    per_worker = math.ceil(blocks / workers)
-    tokens = per_worker * block + anchor
-    pairs = per_worker * (block * block / 2 + block * anchor) + anchor * anchor / 2
-    return {"linear": tokens * shape.linear_flops_per_token, "attention": pairs * shape.attention_flops_per_pair}
+    base, extra = divmod(blocks, workers)
+    busiest = None
+    for rank in range(workers):
+        n = base + (rank < extra)
+        tokens, pairs = n * block, n * (block * block / 2 + block * anchor)
+        if rank == 0 and n:
+            pairs -= block * anchor  # block 0 sees no anchor
+            if blocks > 1:  # the anchor pass; with A == S it replaces block 0
+                tokens += anchor - (block if anchor == block else 0)
+                pairs += anchor * anchor / 2 - (block * block / 2 if anchor == block else 0)
+        flops = {"linear": tokens * shape.linear_flops_per_token, "attention": pairs * shape.attention_flops_per_pair}
+        if busiest is None or sum(flops.values()) > sum(busiest.values()):
+            busiest = flops
+    return busiest
 
 
 def predicted_speedup(shape: Shape, length: int, workers: int, block: int, anchor: int | None = None) -> float:

@@ -15,6 +15,7 @@ from .attention.hooks import attention_state
 from .attention.prefill import CausalPrefill
 from .attention.ring import RingPrefill, zigzag_positions
 from .attention.star import StarBlocks
+from .kv.anchor import SharedAnchor, anchor_shape
 from .kv.shard import ContextShard
 from .models.loader import num_layers
 
@@ -80,37 +81,49 @@ def encode_dense(model, ctx: torch.Tensor) -> ContextShard:
 
 
 @torch.inference_mode()
-def encode_star(model, ctx: torch.Tensor, plan: StarPlan, rank: int, pad_id: int = 0,
+def encode_star(model, ctx: torch.Tensor, plan: StarPlan, group, pad_id: int = 0,
                 max_batch_tokens: int = 0) -> ContextShard:
-    """Star phase 1 for this rank's blocks: anchor once, then the blocks in one batch. ctx: (L,).
+    """Star phase 1 for this rank's blocks. ctx: (L,) long on the model device.
 
-    max_batch_tokens > 0 caps a batch (memory for very long contexts): blocks then go in as few batches as
-    fit, in order.
+    The anchor (tokens [0, A)) is encoded once, by rank 0 (it holds block 0), and reaches the other ranks
+    layer by layer (SharedAnchor) while they encode their own blocks; with A == S it also is block 0, so
+    rank 0 does not encode block 0 a second time. A rank's blocks go in as one batch, or, with
+    max_batch_tokens > 0 (memory for very long contexts), in as few batches as fit, in order.
     """
-    shard = ContextShard(num_layers(model))
-    mine = plan.blocks[rank]
-    if not mine:
-        return shard
+    layers = num_layers(model)
+    shard = ContextShard(layers)
+    mine = list(plan.blocks[group.rank])
     s, a, length = plan.block_size, plan.anchor, plan.length
     dev = ctx.device
-    last = mine[-1]
-    ids = torch.full(((last + 1) * s,), pad_id, dtype=ctx.dtype, device=dev)
-    end = min(length, (last + 1) * s)
-    ids[:end] = ctx[:end]
     anchor = None
-    if any(b != 0 for b in mine):
-        anchor = ContextShard(num_layers(model))
-        with attention_state(CausalPrefill(anchor)):
-            _forward(model, ctx[:a].unsqueeze(0), torch.arange(a, device=dev).unsqueeze(0))
-    per_batch = len(mine) if max_batch_tokens <= 0 else max(1, max_batch_tokens // s)
-    for i in range(0, len(mine), per_batch):
-        chunk = mine[i:i + per_batch]
-        blocks = torch.tensor(chunk, device=dev)
-        block_ids = ids[chunk[0] * s:(chunk[-1] + 1) * s].view(len(chunk), s)
-        block_pos = blocks.unsqueeze(1) * s + torch.arange(s, device=dev).unsqueeze(0)
-        keep = min(end, (chunk[-1] + 1) * s) - chunk[0] * s
-        with attention_state(StarBlocks(shard, anchor, blocks != 0, keep)):
-            _forward(model, block_ids, block_pos)
+    if plan.num_blocks > 1:  # some block sees the anchor
+        anchor = SharedAnchor(group, layers, anchor_shape(model, a))
+        if group.rank == 0:
+            with attention_state(CausalPrefill(anchor)):
+                _forward(model, ctx[:a].unsqueeze(0), torch.arange(a, device=dev).unsqueeze(0))
+            if a == s:  # block 0 is the anchor: its KV exists already
+                for layer in range(layers):
+                    shard.append(layer, *anchor.get(layer))
+                mine = mine[1:]
+        else:
+            anchor.receive(model.dtype, group.device)
+    if mine:
+        last = mine[-1]
+        end = min(length, (last + 1) * s)
+        ids = torch.full(((last + 1) * s,), pad_id, dtype=ctx.dtype, device=dev)
+        ids[:end] = ctx[:end]
+        per_batch = len(mine) if max_batch_tokens <= 0 else max(1, max_batch_tokens // s)
+        for i in range(0, len(mine), per_batch):
+            chunk = mine[i:i + per_batch]
+            blocks = torch.tensor(chunk, device=dev)
+            block_ids = ids[chunk[0] * s:(chunk[-1] + 1) * s].view(len(chunk), s)
+            block_pos = blocks.unsqueeze(1) * s + torch.arange(s, device=dev).unsqueeze(0)
+            keep = min(end, (chunk[-1] + 1) * s) - chunk[0] * s
+            sees = anchor if any(b != 0 for b in chunk) else None
+            with attention_state(StarBlocks(shard, sees, blocks != 0, keep)):
+                _forward(model, block_ids, block_pos)
+    if anchor is not None:
+        anchor.finish()
     return shard
 
 
@@ -134,7 +147,7 @@ def encode_context(model, cfg, group, ctx: torch.Tensor, pad_id: int = 0) -> Con
     if cfg.attn_type == "dense":
         return encode_dense(model, ctx)
     if cfg.attn_type == "star":
-        return encode_star(model, ctx, config_plan(cfg, ctx.numel()), group.rank, pad_id, cfg.max_batch_tokens)
+        return encode_star(model, ctx, config_plan(cfg, ctx.numel()), group, pad_id, cfg.max_batch_tokens)
     if cfg.attn_type == "ring":
         return encode_ring(model, ctx, group, pad_id)
     raise ValueError(f"unknown attention type {cfg.attn_type!r}")

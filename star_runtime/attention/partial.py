@@ -28,13 +28,20 @@ def empty_partial(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def partial_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool = False
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool = False,
+    native_out: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q over (k, v) with its log-sum-exp.
 
     q: (B, Hq, Tq, D); k, v: (B, Hkv, Tk, D) with Hq a multiple of Hkv (GQA); causal needs Tq == Tk.
-    Returns out (B, Hq, Tq, D) in fp32 and lse (B, Hq, Tq) in fp32 (natural log, scores times ``scale``).
+    Returns out (B, Hq, Tq, D) in fp32 (``native_out``: in the kernel's own dtype, for a caller whose fused
+    merge reads it in fp32 anyway) and lse (B, Hq, Tq) in fp32 (natural log, scores times ``scale``).
     """
+    out, lse = _partial(q, k, v, scale, causal)
+    return (out if native_out else out.float()), lse
+
+
+def _partial(q, k, v, scale, causal):
     if causal and q.shape[2] != k.shape[2]:
         raise ValueError(f"causal partial attention needs equal lengths, got Tq={q.shape[2]} Tk={k.shape[2]}")
     if k.shape[2] == 0 or q.shape[2] == 0:
@@ -92,7 +99,7 @@ def _flash(q, k, v, scale, causal):
     res = torch.ops.aten._scaled_dot_product_flash_attention(
         q, k, v, 0.0, causal, False, scale=scale
     )
-    return res[0].float(), res[1].float()
+    return res[0], res[1].float()
 
 
 def _efficient(q, k, v, scale, causal):
@@ -106,7 +113,7 @@ def _efficient(q, k, v, scale, causal):
     res = torch.ops.aten._scaled_dot_product_efficient_attention(
         q, k, v, None, True, 0.0, causal, scale=scale
     )
-    return res[0].float(), res[1][..., : q.shape[2]].float()
+    return res[0], res[1][..., : q.shape[2]].float()
 
 
 def _cudnn(q, k, v, scale, causal):
@@ -117,12 +124,12 @@ def _cudnn(q, k, v, scale, causal):
         return out.reshape(b, hq, tq, d), lse.reshape(b, hq, tq)
     k, v = _expand_kv(q, k, v)
     res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)
-    return res[0].float(), res[1].reshape(q.shape[0], q.shape[1], q.shape[2]).float()
+    return res[0], res[1].reshape(q.shape[0], q.shape[1], q.shape[2]).float()
 
 
 def _cpu_flash(q, k, v, scale, causal):
     res = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
-    return res[0].float(), res[1].float()
+    return res[0], res[1].float()
 
 
 def _math(q, k, v, scale, causal):

@@ -31,6 +31,14 @@ def node_ip() -> str:
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
+class _Done:
+    def wait(self) -> bool:
+        return True
+
+
+_DONE = _Done()
+
+
 class Group:
     """rank / world size / device, plus the collectives of the runtime.
 
@@ -77,6 +85,14 @@ class Group:
         if self.world_size > 1:
             dist.broadcast(t, src)
         return t
+
+    def broadcast_async(self, t: torch.Tensor, src: int):
+        """Start broadcasting ``t`` from ``src`` into ``t`` on every rank (all ranks call it, in the same
+        order); returns a handle whose ``wait()`` orders later work after it (on CUDA without blocking the
+        host)."""
+        if self.world_size == 1:
+            return _DONE
+        return dist.broadcast(t, src, async_op=True)
 
     def barrier(self) -> None:
         if self.world_size > 1:
