@@ -16,11 +16,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 def main(src, dst):
     rows = [json.loads(l) for l in open(src) if l.strip()]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for mode in ("dense", "ring", "star"):
-        pts = sorted((r["context"], r["phase1_s"], r.get("block_size")) for r in rows if r["mode"] == mode)
-        if pts:
-            label = f"{mode} ({pts[0] and next(r['workers'] for r in rows if r['mode'] == mode)} GPU)"
-            ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    # one line per mode, and for star one per block size (a line never joins two block sizes)
+    series = sorted({(r["mode"], r.get("block_size") if r["mode"] == "star" else None) for r in rows
+                     if r["mode"] in ("dense", "ring", "star")},
+                    key=lambda m: (("dense", "ring", "star").index(m[0]), m[1] or 0))
+    for mode, block in series:
+        mine = [r for r in rows if r["mode"] == mode and (mode != "star" or r.get("block_size") == block)]
+        pts = sorted((r["context"], r["phase1_s"]) for r in mine)
+        label = f"{mode} ({mine[0]['workers']} GPU)" + (f", block {block // 1024}K" if block else "")
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax1.set_xscale("log", base=2)
     ax1.set_yscale("log")
     ax1.set_xlabel("context tokens")

@@ -100,6 +100,8 @@ def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device,
     check_supported(config)
     split = devices is not None and len(devices) > 1
     if source.kind == "random":
+        # seeded, drawn on the GPU (on the CPU for a split worker: the two placements draw different weights;
+        # every worker of one run uses the same placement, so they all hold the same model)
         torch.manual_seed(RANDOM_SEED)
         with torch.device("cpu" if split else device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=name)
