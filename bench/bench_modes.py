@@ -91,6 +91,8 @@ def main():
     p.add_argument("--decodes", nargs="+", default=["graph"], help="decode paths to time: eager static graph")
     p.add_argument("--hf_baseline", action="store_true",
                    help="also time the stock transformers model (SDPA, DynamicCache) prefill + decode, 1 worker")
+    p.add_argument("--gpus_per_worker", type=int, default=1,
+                   help="GPUs per worker (layers split in order; decode with --decodes static)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
@@ -98,7 +100,8 @@ def main():
     rank = int(os.environ.get("RANK", 0))
     cfg = RunConfig(model_path=a.model, attn_type=a.modes[0], num_workers=world, device=a.device, dtype=a.dtype,
                     block_size=a.block_size, anchor_block_size=a.anchor_block_size,
-                    tokens_to_generate=a.decode_tokens, max_batch_tokens=a.max_batch_tokens).validate()
+                    tokens_to_generate=a.decode_tokens, max_batch_tokens=a.max_batch_tokens,
+                    gpus_per_worker=a.gpus_per_worker).validate()
     cases = [tuple(int(x) for x in c.split(":")) for c in a.cases] if a.cases else \
         [(n, a.block_size) for n in a.lengths]
     t0 = time.time()
