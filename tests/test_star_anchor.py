@@ -109,3 +109,25 @@ def test_short_anchor_two_workers_equal_one(ray_session):
     assert two.tokens == one.tokens
     for a, b in zip(two.logits, one.logits):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("length,anchor,world", [(192, 32, 3), (192, 12, 3), (256, 32, 2)])
+def test_flop_model_counts_the_tokens_each_rank_encodes(model, monkeypatch, length, anchor, world):
+    """bench/flop_model.py's busiest-GPU linear work is the most tokens any rank runs through the model."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from flop_model import Shape, star_flops
+
+    ctx = torch.tensor(random_ids(length, 8))
+    plan = star_plan(length, 32, anchor, world)
+    shapes = forwarded(monkeypatch)
+    g0 = FakeGroup(0, world)
+    per_rank = []
+    for rank in range(world):
+        shapes.clear()
+        encode_star(model, ctx, plan, g0 if rank == 0 else FakeGroup(rank, world, g0.sent))
+        per_rank.append(sum(b * t for b, t in shapes))
+    shape = Shape()
+    assert star_flops(shape, length, world, 32, anchor)["linear"] == max(per_rank) * shape.linear_flops_per_token
