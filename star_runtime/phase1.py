@@ -56,9 +56,10 @@ def star_plan(length: int, block_size: int, anchor_block_size: int, world: int, 
     return StarPlan(length, s, a, tuple(tuple(int(b) for b in p) for p in parts))
 
 
-def config_plan(cfg, length: int) -> StarPlan:
-    """The star plan a run's settings give a context of ``length`` tokens (cfg: RunConfig)."""
-    return star_plan(length, cfg.block_size, cfg.anchor_block_size, cfg.world_size, cfg.num_blocks)
+def config_plan(cfg, length: int, world: int | None = None) -> StarPlan:
+    """The star plan a run's settings give a context of ``length`` tokens (cfg: RunConfig) on ``world``
+    workers (default: the run's worker count; a worker passes its group's size)."""
+    return star_plan(length, cfg.block_size, cfg.anchor_block_size, world or cfg.world_size, cfg.num_blocks)
 
 
 def _decoder(model):
@@ -147,7 +148,8 @@ def encode_context(model, cfg, group, ctx: torch.Tensor, pad_id: int = 0) -> Con
     if cfg.attn_type == "dense":
         return encode_dense(model, ctx)
     if cfg.attn_type == "star":
-        return encode_star(model, ctx, config_plan(cfg, ctx.numel()), group, pad_id, cfg.max_batch_tokens)
+        plan = config_plan(cfg, ctx.numel(), group.world_size)
+        return encode_star(model, ctx, plan, group, pad_id, cfg.max_batch_tokens)
     if cfg.attn_type == "ring":
         return encode_ring(model, ctx, group, pad_id)
     raise ValueError(f"unknown attention type {cfg.attn_type!r}")

@@ -42,8 +42,7 @@ class SharedAnchor:
             raise RuntimeError(f"anchor K/V of layer {layer} has shape {tuple(kv.shape)}, the receivers expect "
                                f"{self.shape}; this model's attention layout is not supported by star mode")
         self.kv[layer] = kv
-        if self.group.world_size > 1:
-            self.pending[layer] = self.group.broadcast_async(kv, self.src)
+        self.pending[layer] = self.group.broadcast_async(kv, self.src)  # a group of one sends nothing
 
     def receive(self, dtype: torch.dtype, device: torch.device) -> None:
         """Other ranks: post every layer's receive; ``get`` waits for one layer at a time."""
