@@ -112,10 +112,12 @@ def main():
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     g = torch.Generator().manual_seed(0)
     rows = []
-    # warm-up: kernels, allocator, NCCL communicators, fused ops
+    # warm-up: kernels, allocator, NCCL communicators, fused ops, compiled layers (star: one block and
+    # several blocks per rank, the two shapes a compile specialises on)
     for mode in a.modes:
-        for dec in a.decodes:
-            worker.cfg, worker.decode = cfg.replace(attn_type=mode), dec
+        for dec, block in [(d, b) for d in a.decodes
+                           for b in ([-1, 2048 // (3 * world)] if mode == "star" else [-1])]:
+            worker.cfg, worker.decode = cfg.replace(attn_type=mode, block_size=block), dec
             worker.run(Request(-1, torch.randint(100, 30000, (2048,), generator=g).tolist(),
                                torch.randint(100, 30000, (a.query_tokens,), generator=g).tolist(), 4))
     shape = Shape.from_config(worker.model.config)

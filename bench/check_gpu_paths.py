@@ -1,5 +1,5 @@
 """GPU exactness checks (fp32): decode eager vs static vs CUDA graph, and (1 GPU) star one block / ring
-vs dense, a worker split over 2 GPUs vs one GPU (when 2 are visible); under torchrun, multi-GPU ring/star
+vs dense, prefill through compiled vs eager decoder layers, a worker split over 2 GPUs vs one GPU (when 2 are visible); under torchrun, multi-GPU ring/star
 with graph decode vs eager decode, star over the GPUs (anchor broadcast over NCCL) vs star on one GPU, and
 ring vs dense. Exits non-zero on mismatch.
 
@@ -57,6 +57,11 @@ def main():
         one_block = [(c, q) for c, q in cases if len(c) <= 700] or [(cases[0][0][:600], cases[0][1])]
         ok &= same(run(w, "dense", "eager", one_block, 8), run(w, "star", "graph", one_block, 8),
                    "star one block (graph) vs dense", rank)
+        os.environ["STAR_RUNTIME_COMPILE"] = "0"  # prefill through the stock eager layers
+        plain = {mode: run(w, mode, "eager", cases, 12) for mode in ("dense", "star")}
+        del os.environ["STAR_RUNTIME_COMPILE"]
+        for mode in ("dense", "star"):
+            ok &= same(plain[mode], run(w, mode, "eager", cases, 12), f"{mode}: compiled vs eager layers", rank)
         if torch.cuda.device_count() >= 2:  # one worker whose layers are split over two GPUs
             split = Worker(cfg.replace(gpus_per_worker=2), resolve_model(MODEL), 0, 1)
             split.model.load_state_dict(w.model.state_dict())  # random init on CPU (split) != on a GPU

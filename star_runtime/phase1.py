@@ -15,6 +15,7 @@ from .attention.hooks import attention_state
 from .attention.prefill import CausalPrefill
 from .attention.ring import RingPrefill, zigzag_positions
 from .attention.star import StarBlocks
+from .fused import compiled_layers
 from .kv.anchor import SharedAnchor, anchor_shape
 from .kv.shard import ContextShard
 from .models.loader import num_layers
@@ -67,8 +68,10 @@ def _decoder(model):
 
 
 def _forward(model, ids: torch.Tensor, pos: torch.Tensor) -> None:
-    """Run the decoder stack only (no LM head): ids, pos (B, T)."""
-    _decoder(model)(input_ids=ids, position_ids=pos, use_cache=False)
+    """Run the decoder stack only (no LM head), its layers compiled on CUDA (fused.compiled_layers):
+    ids, pos (B, T)."""
+    with compiled_layers(model):
+        _decoder(model)(input_ids=ids, position_ids=pos, use_cache=False)
 
 
 @torch.inference_mode()

@@ -37,6 +37,7 @@ def attention_state(state: AttentionState):
         _STATE = prev
 
 
+@torch.compiler.disable  # compiled decoder layers (fused.compiled_layers) call it eagerly
 def _runtime_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     if _STATE is None:
         raise RuntimeError(

@@ -1,0 +1,54 @@
+"""Prefill passes run the stock decoder layers through torch.compile on CUDA (fused.compiled_layers): the
+runtime attention is still called eagerly, once per layer, and the KV a worker stores equals the eager
+layers' (fp32, 1e-5). Forced on the CPU here; compiling takes about half a minute."""
+
+import torch
+
+from conftest import random_ids
+from star_runtime import fused, phase1
+from star_runtime.attention import hooks
+from star_runtime.phase1 import encode_star, star_plan
+from test_star_anchor import FakeGroup, kv, model  # noqa: F401  (the module's model fixture)
+
+
+def test_compiled_layers_store_the_eager_kv(model, monkeypatch):  # noqa: F811
+    layers = model.config.num_hidden_layers
+    ctx = torch.tensor(random_ids(150, 9))
+    plan = star_plan(150, 32, 32, 2)  # rank 1 encodes blocks 3, 4 (the last short) with the anchor
+    g0 = FakeGroup(0, 2)
+    encode_star(model, ctx, plan, g0)
+    eager = encode_star(model, ctx, plan, FakeGroup(1, 2, g0.sent))
+
+    calls = []
+    real_attend = hooks._runtime_attention
+    decoder_layers = model.get_decoder().layers
+
+    def counted(module, *args, **kwargs):
+        layer = decoder_layers[module.layer_idx]
+        calls.append((module.layer_idx, layer.__dict__.get("forward") is layer.__dict__.get(fused._COMPILED)))
+        return real_attend(module, *args, **kwargs)
+
+    monkeypatch.setattr(hooks, "_runtime_attention", torch.compiler.disable(counted))
+    hooks.register()  # the interface now points at the counting wrapper
+    real_layers = fused.compiled_layers
+    monkeypatch.setattr(phase1, "compiled_layers", lambda m: real_layers(m, force=True))
+    from torch._dynamo.utils import counters
+
+    traced = counters["stats"]["calls_captured"]
+    try:
+        compiled = encode_star(model, ctx, plan, FakeGroup(1, 2, g0.sent))
+    finally:
+        monkeypatch.undo()
+        hooks.register()
+    # the attention ran eagerly, once per layer, in order, called from the compiled layer forwards
+    assert calls == [(i, True) for i in range(layers)]
+    assert counters["stats"]["calls_captured"] > traced
+    assert all("forward" not in layer.__dict__ for layer in model.get_decoder().layers)  # eager again after
+    for c, e in zip(kv(compiled, layers), kv(eager, layers)):
+        assert c.shape == e.shape == (2, 2, 150 - 96, 16)
+        assert torch.allclose(c, e, atol=1e-5), (c - e).abs().max()
+
+
+def test_cpu_runs_eager_unless_forced(model):  # noqa: F811
+    with fused.compiled_layers(model):
+        assert all("forward" not in layer.__dict__ for layer in model.get_decoder().layers)
