@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from flop_model import Shape, predicted_speedup, ring_flops, star_flops  # noqa: E402
 from star_runtime.config import RunConfig  # noqa: E402
+from star_runtime.fused import compile_enabled  # noqa: E402
 from star_runtime.models.loader import resolve_model  # noqa: E402
 from star_runtime.parallel.worker import Request, Worker  # noqa: E402
 
@@ -160,7 +161,7 @@ def main():
                 "ttft_s": r.phase1_s + r.first_token_s,
                 "decode_ms": 1000 * statistics.median([x[0].decode_s / max(1, x[0].steps - 1) for x in reps]),
                 "peak_gib_rank0": best[1], "model": a.model, "dtype": a.dtype, "card": card,
-                "torch": torch.__version__, "load_s": load_s,
+                "torch": torch.__version__, "load_s": load_s, "compiled_layers": compile_enabled(),
             }
             rows.append(row)
             if rank == 0:
