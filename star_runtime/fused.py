@@ -70,12 +70,14 @@ def compiled_layers(model, force: bool = False):
     torch.compiler.disable), so every attention state is called as eagerly, with q, k, v equal up to the
     rounding of the fused elementwise math. Shapes are dynamic, so one compile serves every batch of blocks
     and every length. For prefill passes (many tokens per layer); decode runs the eager layers in a CUDA graph.
-    A worker split over several GPUs (accelerate's device hooks on its layers) runs them eagerly.
+    Layers whose forward is already wrapped on the instance (a worker split over several GPUs: accelerate's
+    device hooks) run eagerly.
     """
     layers = list(model.get_decoder().layers)
     dev = next(model.parameters()).device
-    split = any(hasattr(layer, "_hf_hook") for layer in layers)  # accelerate moves a split worker's inputs
-    if (not layers or split or not compile_enabled() or (dev.type != "cuda" and not force)
+    # a layer whose forward is already replaced on the instance (accelerate's device hooks on a split worker)
+    hooked = any("forward" in layer.__dict__ for layer in layers)
+    if (not layers or hooked or not compile_enabled() or (dev.type != "cuda" and not force)
             or not _can_compile(dev)):
         yield
         return

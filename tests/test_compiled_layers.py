@@ -52,3 +52,17 @@ def test_compiled_layers_store_the_eager_kv(model, monkeypatch):  # noqa: F811
 def test_cpu_runs_eager_unless_forced(model):  # noqa: F811
     with fused.compiled_layers(model):
         assert all("forward" not in layer.__dict__ for layer in model.get_decoder().layers)
+
+
+def test_layers_with_wrapped_forwards_stay_as_they_are(model):  # noqa: F811
+    """A split worker's layers carry accelerate's forward on the instance: they run eagerly, hooks kept."""
+    layer = model.get_decoder().layers[0]
+    wrapped = layer.forward
+    layer.__dict__["forward"] = wrapped
+    try:
+        with fused.compiled_layers(model, force=True):
+            assert layer.__dict__["forward"] is wrapped
+            assert all("forward" not in other.__dict__ for other in model.get_decoder().layers[1:])
+        assert layer.__dict__["forward"] is wrapped
+    finally:
+        del layer.__dict__["forward"]
