@@ -1,7 +1,7 @@
 """GPU exactness checks (fp32): decode eager vs static vs CUDA graph, and (1 GPU) star one block / ring
-vs dense, prefill through compiled vs eager decoder layers, a worker split over 2 GPUs vs one GPU (when 2 are visible); under torchrun, multi-GPU ring/star
-with graph decode vs eager decode, star over the GPUs (anchor broadcast over NCCL) vs star on one GPU, and
-ring vs dense. Exits non-zero on mismatch.
+vs dense, prefill through compiled vs eager decoder layers, a worker split over 2 GPUs vs one GPU (when 2
+are visible); under torchrun, multi-GPU ring/star with graph decode vs eager decode, star over the GPUs
+(anchor broadcast over NCCL) vs star on one GPU, and ring vs dense. Exits non-zero on mismatch.
 
   python bench/check_gpu_paths.py
   torchrun --nproc_per_node 2 bench/check_gpu_paths.py
