@@ -94,6 +94,8 @@ def main():
                    help="also time the stock transformers model (SDPA, DynamicCache) prefill + decode, 1 worker")
     p.add_argument("--gpus_per_worker", type=int, default=1,
                    help="GPUs per worker (layers split in order; decode with --decodes static)")
+    p.add_argument("--prefill_layers", default="auto", choices=["auto", "compiled", "eager"],
+                   help="phase 1's decoder layers: auto = torch.compile'd on GPUs")
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
@@ -102,7 +104,7 @@ def main():
     cfg = RunConfig(model_path=a.model, attn_type=a.modes[0], num_workers=world, device=a.device, dtype=a.dtype,
                     block_size=a.block_size, anchor_block_size=a.anchor_block_size,
                     tokens_to_generate=a.decode_tokens, max_batch_tokens=a.max_batch_tokens,
-                    gpus_per_worker=a.gpus_per_worker).validate()
+                    gpus_per_worker=a.gpus_per_worker, prefill_layers=a.prefill_layers).validate()
     cases = [tuple(int(x) for x in c.split(":")) for c in a.cases] if a.cases else \
         [(n, a.block_size) for n in a.lengths]
     t0 = time.time()
@@ -111,6 +113,8 @@ def main():
     load_s = time.time() - t0
     dev = worker.device
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    compiled = compile_enabled() and (a.prefill_layers == "compiled"
+                                      or (a.prefill_layers == "auto" and dev.type == "cuda"))
     g = torch.Generator().manual_seed(0)
     rows = []
     # warm-up: kernels, allocator, NCCL communicators, fused ops, compiled layers (star: one block and
@@ -161,7 +165,7 @@ def main():
                 "ttft_s": r.phase1_s + r.first_token_s,
                 "decode_ms": 1000 * statistics.median([x[0].decode_s / max(1, x[0].steps - 1) for x in reps]),
                 "peak_gib_rank0": best[1], "model": a.model, "dtype": a.dtype, "card": card,
-                "torch": torch.__version__, "load_s": load_s, "compiled_layers": compile_enabled(),
+                "torch": torch.__version__, "load_s": load_s, "compiled_layers": compiled,
             }
             rows.append(row)
             if rank == 0:

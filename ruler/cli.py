@@ -47,6 +47,8 @@ def build_parser(description: str, tasks: list[str], default_tasks: list[str]) -
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--batch_size", type=int, default=1, help="samples decoded together")
+    p.add_argument("--prefill_layers", default="auto", choices=["auto", "compiled", "eager"],
+                   help="phase 1's decoder layers: auto = torch.compile'd on GPUs, eager on CPU")
     p.add_argument("--seed", type=int, default=42, help="sample generation seed")
     p.add_argument("--launcher", default="ray", choices=["ray", "torchrun"])
     p.add_argument("--ray_address", default=None)
@@ -64,7 +66,7 @@ def config_from(a, min_length: int = 256) -> RunConfig:
     return RunConfig(model_path=a.model_path, attn_type=a.attn_type, block_size=a.block_size,
                      anchor_block_size=a.anchor_block_size, num_blocks=a.num_blocks,
                      num_workers=a.num_nodes * a.nproc_per_node, gpus_per_worker=a.gpus_per_worker,
-                     device=a.device, dtype=a.dtype, launcher=a.launcher,
+                     device=a.device, dtype=a.dtype, launcher=a.launcher, prefill_layers=a.prefill_layers,
                      ray_address=a.ray_address or os.environ.get("RAY_ADDRESS")).validate()
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 ATTN_TYPES = ("dense", "ring", "star", "block")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
+PREFILL_LAYERS = ("auto", "compiled", "eager")
 LAUNCHERS = ("ray", "torchrun")
 
 
@@ -47,6 +48,7 @@ class RunConfig:
     collective_timeout_s: float = 600.0
     max_batch_tokens: int = 0  # star phase 1: cap on tokens per batch of blocks (0: all of a worker's blocks)
     decode: str = "auto"  # auto | eager | static | graph (CUDA graph per batch; auto = graph on GPUs)
+    prefill_layers: str = "auto"  # auto | compiled | eager (phase 1's decoder layers; auto = compiled on GPUs)
     # block mode (Block-Attention): passages encoded alone, cached, re-encoded to their offsets
     block_delimiter: str = "\n\n"
     num_local_attention_blocks: int = -1  # first N blocks local, the rest folded into the final block; -1 = all
@@ -68,6 +70,8 @@ class RunConfig:
             raise ConfigError(f"unknown launcher {self.launcher!r}; choose ray or torchrun")
         if self.decode not in ("auto", "eager", "static", "graph"):
             raise ConfigError(f"unknown --decode {self.decode!r}; choose auto, eager, static or graph")
+        if self.prefill_layers not in PREFILL_LAYERS:
+            raise ConfigError(f"unknown --prefill_layers {self.prefill_layers!r}; choose auto, compiled or eager")
         if self.max_batch_tokens < 0:
             raise ConfigError(f"--max_batch_tokens must be >= 0 (got {self.max_batch_tokens}); 0 means no cap")
         if self.num_workers < 1:

@@ -61,9 +61,9 @@ def _can_compile(device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def compiled_layers(model, force: bool = False):
-    """Inside the block, each decoder layer of ``model`` runs a torch.compile'd forward (on CUDA; ``force``
-    also on the CPU, for tests).
+def compiled_layers(model, mode: str = "auto"):
+    """Inside the block, each decoder layer of ``model`` runs a torch.compile'd forward. mode (--prefill_layers):
+    auto = on CUDA only, compiled = on any device (the CPU needs a C++ compiler), eager = never.
 
     The stock layer's memory-bound work (RMSNorm in fp32, RoPE, SiLU * up, residual adds) becomes a few fused
     kernels around the same matmuls; the runtime attention is not traced (hooks.py marks it
@@ -77,8 +77,8 @@ def compiled_layers(model, force: bool = False):
     dev = next(model.parameters()).device
     # a layer whose forward is already replaced on the instance (accelerate's device hooks on a split worker)
     hooked = any("forward" in layer.__dict__ for layer in layers)
-    if (not layers or hooked or not compile_enabled() or (dev.type != "cuda" and not force)
-            or not _can_compile(dev)):
+    wanted = mode == "compiled" or (mode == "auto" and dev.type == "cuda")
+    if not layers or hooked or not wanted or not compile_enabled() or not _can_compile(dev):
         yield
         return
     for layer in layers:

@@ -50,6 +50,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="star: at most this many tokens per phase-1 batch of blocks (0: all of a worker's blocks)")
     p.add_argument("--decode", default="auto", choices=["auto", "eager", "static", "graph"],
                    help="decode steps: auto (a CUDA graph per batch on GPUs, eager on CPU), eager, static, graph")
+    p.add_argument("--prefill_layers", default="auto", choices=["auto", "compiled", "eager"],
+                   help="phase 1's decoder layers: auto (torch.compile'd on GPUs, about a minute to compile an "
+                        "8B model once per process; eager on CPU), compiled, eager")
     p.add_argument("--launcher", default="ray", choices=["ray", "torchrun"],
                    help="ray actors (default) or this process is a torchrun/srun rank (env://)")
     p.add_argument("--ray_address", default=None, help="existing Ray cluster (default: start a local one)")
@@ -67,6 +70,7 @@ def config_from_args(a) -> RunConfig:
         num_local_attention_blocks=a.num_local_attention_blocks, block_cache_gpu_gib=a.block_cache_gpu_gib,
         block_cache_cpu_gib=a.block_cache_cpu_gib, block_cache_disk_dir=a.block_cache_disk_dir,
         block_cache_disk_gib=a.block_cache_disk_gib, decode=a.decode, max_batch_tokens=a.max_batch_tokens,
+        prefill_layers=a.prefill_layers,
     )
 
 

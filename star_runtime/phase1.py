@@ -67,26 +67,27 @@ def _decoder(model):
     return model.get_decoder()
 
 
-def _forward(model, ids: torch.Tensor, pos: torch.Tensor) -> None:
-    """Run the decoder stack only (no LM head), its layers compiled on CUDA (fused.compiled_layers):
-    ids, pos (B, T)."""
-    with compiled_layers(model):
+def _forward(model, ids: torch.Tensor, pos: torch.Tensor, prefill_layers: str = "auto") -> None:
+    """Run the decoder stack only (no LM head): ids, pos (B, T). prefill_layers: --prefill_layers (auto compiles the
+    decoder layers on CUDA, fused.compiled_layers)."""
+    with compiled_layers(model, prefill_layers):
         _decoder(model)(input_ids=ids, position_ids=pos, use_cache=False)
 
 
 @torch.inference_mode()
-def encode_dense(model, ctx: torch.Tensor) -> ContextShard:
-    """Ordinary causal prefill of the whole context on one worker. ctx: (L,) long on the model device."""
+def encode_dense(model, ctx: torch.Tensor, prefill_layers: str = "auto") -> ContextShard:
+    """Ordinary causal prefill of the whole context on one worker. ctx: (L,) long on the model device.
+    prefill_layers: --prefill_layers (auto, compiled, eager), as for every encode_* below."""
     shard = ContextShard(num_layers(model))
     pos = torch.arange(ctx.numel(), device=ctx.device)
     with attention_state(CausalPrefill(shard)):
-        _forward(model, ctx.unsqueeze(0), pos.unsqueeze(0))
+        _forward(model, ctx.unsqueeze(0), pos.unsqueeze(0), prefill_layers)
     return shard
 
 
 @torch.inference_mode()
 def encode_star(model, ctx: torch.Tensor, plan: StarPlan, group, pad_id: int = 0,
-                max_batch_tokens: int = 0) -> ContextShard:
+                max_batch_tokens: int = 0, prefill_layers: str = "auto") -> ContextShard:
     """Star phase 1 for this rank's blocks. ctx: (L,) long on the model device.
 
     The anchor (tokens [0, A)) is encoded once, by rank 0 (it holds block 0), and reaches the other ranks
@@ -104,7 +105,7 @@ def encode_star(model, ctx: torch.Tensor, plan: StarPlan, group, pad_id: int = 0
         anchor = SharedAnchor(group, layers, anchor_shape(model, a))
         if group.rank == 0:
             with attention_state(CausalPrefill(anchor)):
-                _forward(model, ctx[:a].unsqueeze(0), torch.arange(a, device=dev).unsqueeze(0))
+                _forward(model, ctx[:a].unsqueeze(0), torch.arange(a, device=dev).unsqueeze(0), prefill_layers)
             if a == s:  # block 0 is the anchor: its KV exists already
                 for layer in range(layers):
                     shard.append(layer, *anchor.get(layer))
@@ -125,34 +126,34 @@ def encode_star(model, ctx: torch.Tensor, plan: StarPlan, group, pad_id: int = 0
             keep = min(end, (chunk[-1] + 1) * s) - chunk[0] * s
             sees = anchor if any(b != 0 for b in chunk) else None
             with attention_state(StarBlocks(shard, sees, blocks != 0, keep)):
-                _forward(model, block_ids, block_pos)
+                _forward(model, block_ids, block_pos, prefill_layers)
     if anchor is not None:
         anchor.finish()
     return shard
 
 
 @torch.inference_mode()
-def encode_ring(model, ctx: torch.Tensor, group, pad_id: int = 0) -> ContextShard:
+def encode_ring(model, ctx: torch.Tensor, group, pad_id: int = 0, prefill_layers: str = "auto") -> ContextShard:
     """Exact causal ring attention over all workers (zigzag split). ctx: (L,)."""
     if group.world_size == 1:
-        return encode_dense(model, ctx)
+        return encode_dense(model, ctx, prefill_layers)
     shard = ContextShard(num_layers(model))
     pos, c = zigzag_positions(ctx.numel(), group.world_size, group.rank)
     pos = pos.to(ctx.device)
     real = pos < ctx.numel()
     ids = torch.where(real, ctx[pos.clamp(max=ctx.numel() - 1)], torch.full_like(pos, pad_id))
     with attention_state(RingPrefill(group, shard, c, real)):
-        _forward(model, ids.unsqueeze(0), pos.unsqueeze(0))
+        _forward(model, ids.unsqueeze(0), pos.unsqueeze(0), prefill_layers)
     return shard
 
 
 def encode_context(model, cfg, group, ctx: torch.Tensor, pad_id: int = 0) -> ContextShard:
     """Dispatch on cfg.attn_type (block mode lives in block_mode.py: its blocks come with the request)."""
     if cfg.attn_type == "dense":
-        return encode_dense(model, ctx)
+        return encode_dense(model, ctx, cfg.prefill_layers)
     if cfg.attn_type == "star":
         plan = config_plan(cfg, ctx.numel(), group.world_size)
-        return encode_star(model, ctx, plan, group, pad_id, cfg.max_batch_tokens)
+        return encode_star(model, ctx, plan, group, pad_id, cfg.max_batch_tokens, cfg.prefill_layers)
     if cfg.attn_type == "ring":
-        return encode_ring(model, ctx, group, pad_id)
+        return encode_ring(model, ctx, group, pad_id, cfg.prefill_layers)
     raise ValueError(f"unknown attention type {cfg.attn_type!r}")

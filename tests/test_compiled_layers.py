@@ -1,11 +1,15 @@
-"""Prefill passes run the stock decoder layers through torch.compile on CUDA (fused.compiled_layers): the
-runtime attention is still called eagerly, once per layer, and the KV a worker stores equals the eager
-layers' (fp32, 1e-5). Forced on the CPU here; compiling takes about half a minute."""
+"""Prefill passes run the stock decoder layers through torch.compile (--prefill_layers; auto = on GPUs,
+fused.compiled_layers): the runtime attention is still called eagerly, once per layer, and the KV a worker
+stores equals the eager layers' (fp32, 1e-5). "compiled" on the CPU here; compiling takes about half a
+minute."""
 
 import torch
 
 from conftest import random_ids
-from star_runtime import fused, phase1
+import pytest
+
+from star_runtime import fused
+from star_runtime.config import ConfigError, RunConfig
 from star_runtime.attention import hooks
 from star_runtime.phase1 import encode_star, star_plan
 from test_star_anchor import FakeGroup, kv, model  # noqa: F401  (the module's model fixture)
@@ -25,18 +29,18 @@ def test_compiled_layers_store_the_eager_kv(model, monkeypatch):  # noqa: F811
 
     def counted(module, *args, **kwargs):
         layer = decoder_layers[module.layer_idx]
-        calls.append((module.layer_idx, layer.__dict__.get("forward") is layer.__dict__.get(fused._COMPILED)))
+        compiled_forward = layer.__dict__.get(fused._COMPILED)
+        installed = compiled_forward is not None and layer.__dict__.get("forward") is compiled_forward
+        calls.append((module.layer_idx, installed))
         return real_attend(module, *args, **kwargs)
 
     monkeypatch.setattr(hooks, "_runtime_attention", torch.compiler.disable(counted))
     hooks.register()  # the interface now points at the counting wrapper
-    real_layers = fused.compiled_layers
-    monkeypatch.setattr(phase1, "compiled_layers", lambda m: real_layers(m, force=True))
     from torch._dynamo.utils import counters
 
     traced = counters["stats"]["calls_captured"]
     try:
-        compiled = encode_star(model, ctx, plan, FakeGroup(1, 2, g0.sent))
+        compiled = encode_star(model, ctx, plan, FakeGroup(1, 2, g0.sent), prefill_layers="compiled")
     finally:
         monkeypatch.undo()
         hooks.register()
@@ -49,9 +53,15 @@ def test_compiled_layers_store_the_eager_kv(model, monkeypatch):  # noqa: F811
         assert torch.allclose(c, e, atol=1e-5), (c - e).abs().max()
 
 
-def test_cpu_runs_eager_unless_forced(model):  # noqa: F811
-    with fused.compiled_layers(model):
+@pytest.mark.parametrize("mode", ["auto", "eager"])
+def test_cpu_runs_eager_unless_compiled_is_asked_for(model, mode):  # noqa: F811
+    with fused.compiled_layers(model, mode):
         assert all("forward" not in layer.__dict__ for layer in model.get_decoder().layers)
+
+
+def test_unknown_prefill_layers_is_refused():
+    with pytest.raises(ConfigError, match="--prefill_layers"):
+        RunConfig(prefill_layers="fast").validate()
 
 
 def test_layers_with_wrapped_forwards_stay_as_they_are(model):  # noqa: F811
@@ -60,7 +70,7 @@ def test_layers_with_wrapped_forwards_stay_as_they_are(model):  # noqa: F811
     wrapped = layer.forward
     layer.__dict__["forward"] = wrapped
     try:
-        with fused.compiled_layers(model, force=True):
+        with fused.compiled_layers(model, "compiled"):
             assert layer.__dict__["forward"] is wrapped
             assert all("forward" not in other.__dict__ for other in model.get_decoder().layers[1:])
         assert layer.__dict__["forward"] is wrapped

@@ -45,9 +45,9 @@ def forwarded(monkeypatch):
     shapes = []
     real = phase1._forward
 
-    def spy(m, ids, pos):
+    def spy(m, ids, pos, prefill_layers="auto"):
         shapes.append(tuple(ids.shape))
-        return real(m, ids, pos)
+        return real(m, ids, pos, prefill_layers)
 
     monkeypatch.setattr(phase1, "_forward", spy)
     return shapes
