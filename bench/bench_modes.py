@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from flop_model import Shape, predicted_speedup, ring_flops, star_flops  # noqa: E402
 from star_runtime.config import RunConfig  # noqa: E402
-from star_runtime.fused import compile_enabled  # noqa: E402
+from star_runtime.fused import layers_compiled  # noqa: E402
 from star_runtime.models.loader import resolve_model  # noqa: E402
 from star_runtime.parallel.worker import Request, Worker  # noqa: E402
 
@@ -113,8 +113,7 @@ def main():
     load_s = time.time() - t0
     dev = worker.device
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    compiled = compile_enabled() and (a.prefill_layers == "compiled"
-                                      or (a.prefill_layers == "auto" and dev.type == "cuda"))
+    compiled = layers_compiled(a.prefill_layers, dev)
     g = torch.Generator().manual_seed(0)
     rows = []
     # warm-up: kernels, allocator, NCCL communicators, fused ops, compiled layers (star: one block and

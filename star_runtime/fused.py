@@ -60,6 +60,11 @@ def _can_compile(device: torch.device) -> bool:
     return True
 
 
+def layers_compiled(mode: str, device: torch.device) -> bool:
+    """Whether --prefill_layers ``mode`` compiles the decoder layers on ``device`` (auto: on CUDA only)."""
+    return compile_enabled() and (mode == "compiled" or (mode == "auto" and device.type == "cuda"))
+
+
 @contextlib.contextmanager
 def compiled_layers(model, mode: str = "auto"):
     """Inside the block, each decoder layer of ``model`` runs a torch.compile'd forward. mode (--prefill_layers):
@@ -77,8 +82,7 @@ def compiled_layers(model, mode: str = "auto"):
     dev = next(model.parameters()).device
     # a layer whose forward is already replaced on the instance (accelerate's device hooks on a split worker)
     hooked = any("forward" in layer.__dict__ for layer in layers)
-    wanted = mode == "compiled" or (mode == "auto" and dev.type == "cuda")
-    if not layers or hooked or not wanted or not compile_enabled() or not _can_compile(dev):
+    if not layers or hooked or not layers_compiled(mode, dev) or not _can_compile(dev):
         yield
         return
     for layer in layers:
