@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 from ruler.data import sentence_splitter
+from star_runtime.config import ConfigError
 from ruler.generate import fit_size
 
 from .data import babi_samples, background_sentences
@@ -60,6 +61,10 @@ def generate_task(task: str, length: int, num_samples: int, tokenizer, head: str
         k = fit_size(build, count, length - TOKENS_TO_GENERATE, 0, len(background), "") if length > 0 else 0
         ctx, qry, answers = build(k)
         n = count(ctx, qry) + TOKENS_TO_GENERATE
+        if length > 0 and n > length:
+            raise ConfigError(f"{task} at length {length}: the prompt with its facts alone needs {n} tokens "
+                              f"(the {TOKENS_TO_GENERATE} to generate included); ask for a longer length, or "
+                              "length 0 for the facts without background")
         out.append({"index": index, "input_context": ctx, "input_query": qry, "outputs": answers, "length": n,
                     "others": {"task": task, "question": s["question"], "facts": s["facts"],
                                "background_sentences": k},

@@ -36,17 +36,27 @@ def data_file(data_dir: Path, name: str) -> Path:
     return f
 
 
+def read_json(data_dir: Path, name: str):
+    """A JSON data file, or one line naming the file when it is truncated or damaged."""
+    f = data_file(data_dir, name)
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{f} is damaged or truncated ({str(e).splitlines()[0][:80]}); fetch it again with: "
+                          f"python -m ruler.download --data_dir {data_dir}") from None
+
+
 @functools.lru_cache(maxsize=4)
 def essay_words(data_dir: Path) -> tuple[str, ...]:
     """The essay haystack as RULER reads it: whitespace collapsed, split on spaces."""
-    text = json.loads(data_file(data_dir, "PaulGrahamEssays.json").read_text())["text"]
+    text = read_json(data_dir, "PaulGrahamEssays.json")["text"]
     return tuple(re.sub(r"\s+", " ", text).split(" "))
 
 
 @functools.lru_cache(maxsize=4)
 def squad(data_dir: Path) -> tuple[list[dict], list[str]]:
     """(questions, documents) from SQuAD v2 dev: answerable questions only (hidden answers skipped)."""
-    data = json.loads(data_file(data_dir, "squad.json").read_text())
+    data = read_json(data_dir, "squad.json")
     docs = sorted({p["context"] for d in data["data"] for p in d["paragraphs"]})
     index = {c: i for i, c in enumerate(docs)}
     qas = []
@@ -64,7 +74,7 @@ def squad(data_dir: Path) -> tuple[list[dict], list[str]]:
 
 @functools.lru_cache(maxsize=4)
 def hotpotqa(data_dir: Path) -> tuple[list[dict], list[str]]:
-    data = json.loads(data_file(data_dir, "hotpotqa.json").read_text())
+    data = read_json(data_dir, "hotpotqa.json")
     docs = sorted({f"{t}\n{''.join(p)}" for d in data for t, p in d["context"]})
     index = {c: i for i, c in enumerate(docs)}
     qas = [{"query": d["question"], "outputs": [d["answer"]],
@@ -74,7 +84,7 @@ def hotpotqa(data_dir: Path) -> tuple[list[dict], list[str]]:
 
 @functools.lru_cache(maxsize=2)
 def english_words(data_dir: Path) -> tuple[str, ...]:
-    words = json.loads(data_file(data_dir, "english_words.json").read_text())
+    words = read_json(data_dir, "english_words.json")
     # {"0": "a", ...} as kept here, or dwyl's own {"a": 1, ...}
     return tuple(words.values()) if all(isinstance(v, str) for v in list(words.values())[:10]) else tuple(words)
 

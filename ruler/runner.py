@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from star_runtime.config import RunConfig
 from star_runtime.engine import Engine
-from star_runtime.infer import run_jsonl
+from star_runtime.infer import result_rows, run_jsonl
 from star_runtime.models.loader import load_tokenizer, resolve_model
 
 from .data import resolve_data_dir
@@ -28,7 +28,11 @@ from .templates import split_template
 
 
 def run_name(model_name: str, cfg: RunConfig) -> str:
-    """The reference's folder name: model_attn, plus _b<block>a<anchor> for star (_<N>blocks with --num_blocks)."""
+    """The reference's folder name: model_attn, plus _b<block>a<anchor> for star (_<N>blocks with --num_blocks;
+    _bauto_w<workers> when the block is context / workers), plus the dtype when it is not the device's default.
+
+    Every other setting that changes answers (model path, template, sampling) is in each predictions file's
+    meta: a run with other ones is refused in one line instead of mixing its answers in."""
     name = f"{model_name}_{cfg.attn_type}"
     if cfg.attn_type == "star":
         def short(n):
@@ -37,9 +41,12 @@ def run_name(model_name: str, cfg: RunConfig) -> str:
             name += f"_{cfg.num_blocks}blocks{'' if cfg.anchor_block_size <= 0 else 'a' + short(cfg.anchor_block_size)}"
         elif cfg.block_size <= 0:
             name += f"_bauto{'' if cfg.anchor_block_size <= 0 else 'a' + short(cfg.anchor_block_size)}"
+            name += f"_w{cfg.world_size}"
         else:
             anchor = cfg.anchor_block_size if cfg.anchor_block_size > 0 else cfg.block_size
             name += f"_b{short(cfg.block_size)}a{short(anchor)}"
+    if cfg.dtype != "auto":
+        name += f"_{cfg.dtype}"
     return name
 
 
@@ -163,10 +170,11 @@ def run_benchmark(cfg: RunConfig, model_name: str, bench, lengths: list[int], ta
                              disable=not engine.is_writer):
                 samples = bench.samples_file(task, length, num_samples, engine, out_dir)
                 preds = out_dir / f"{task}.jsonl"
+                new = bench.tokens_to_generate(task)
                 run_jsonl(cfg, str(samples), str(preds), num_samples, use_cache=True, engine=engine,
-                          batch_size=batch_size, max_new_tokens=bench.tokens_to_generate(task))
+                          batch_size=batch_size, max_new_tokens=new)
                 if engine.is_writer:
-                    scores[task] = bench.score(task, [json.loads(l) for l in open(preds) if l.strip()])
+                    scores[task] = bench.score(task, result_rows(cfg, str(samples), str(preds), num_samples, new))
             if engine.is_writer:
                 results[length] = write_summary(out_dir, tasks, scores)
                 print(format_summary(run_name(model_name, cfg), length, results[length]), flush=True)

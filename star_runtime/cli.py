@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 from .config import ConfigError
 
@@ -30,15 +32,31 @@ def main(argv=None) -> int:
     return run_main(module.main, argv[1:])
 
 
+class Stopped(BaseException):
+    """SIGTERM (a Slurm time limit, `kill`): unwinds the job like Ctrl-C, so every finally block runs."""
+
+
+def _stop(signum, _frame):
+    raise Stopped(signal.Signals(signum).name)
+
+
 def run_main(fn, argv) -> int:
-    """Run a job; a bad setting or input ends with its one-line message and exit code 2."""
+    """Run a job; a bad setting or input ends with its one-line message and exit code 2. SIGTERM and Ctrl-C
+    stop it cleanly: finished results are on disk, pending block-cache writes are flushed, workers stop."""
     from .parallel.launchers import WorkerFailure
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
     try:
         return fn(argv)
     except (ConfigError, WorkerFailure) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (Stopped, KeyboardInterrupt) as e:
+        name = str(e) or "SIGINT"
+        print(f"error: stopped by {name}; finished samples are saved (rerun with --use_cache to resume)",
+              file=sys.stderr)
+        return 128 + (signal.SIGTERM if name == "SIGTERM" else signal.SIGINT)
 
 
 if __name__ == "__main__":

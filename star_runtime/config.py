@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 ATTN_TYPES = ("dense", "ring", "star", "block")
@@ -10,6 +11,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
 PREFILL_LAYERS = ("auto", "compiled", "eager")
 LAUNCHERS = ("ray", "torchrun")
+DISK_GIB_DEFAULT = 32.0  # block cache disk tier budget per worker when only the folder is given
 
 
 class ConfigError(ValueError):
@@ -46,6 +48,7 @@ class RunConfig:
     launcher: str = "ray"
     ray_address: str | None = None
     collective_timeout_s: float = 600.0
+    stall_timeout_s: float = 30.0  # a worker without heartbeat, or without progress inside a step, this long fails
     max_batch_tokens: int = 0  # star phase 1: cap on tokens per batch of blocks (0: all of a worker's blocks)
     decode: str = "auto"  # auto | eager | static | graph (CUDA graph per batch; auto = graph on GPUs)
     prefill_layers: str = "auto"  # auto | compiled | eager (phase 1's decoder layers; auto = compiled on GPUs)
@@ -55,7 +58,7 @@ class RunConfig:
     block_cache_gpu_gib: float = 4.0  # per worker; the device tier (host memory when --device cpu)
     block_cache_cpu_gib: float = 8.0
     block_cache_disk_dir: str | None = None
-    block_cache_disk_gib: float = 0.0
+    block_cache_disk_gib: float | None = None  # per worker; None: DISK_GIB_DEFAULT when a folder is given
 
     def validate(self) -> "RunConfig":
         if self.attn_type not in ATTN_TYPES:
@@ -72,6 +75,8 @@ class RunConfig:
             raise ConfigError(f"unknown --decode {self.decode!r}; choose auto, eager, static or graph")
         if self.prefill_layers not in PREFILL_LAYERS:
             raise ConfigError(f"unknown --prefill_layers {self.prefill_layers!r}; choose auto, compiled or eager")
+        if self.stall_timeout_s < 0:
+            raise ConfigError(f"--stall_timeout_s must be >= 0 (got {self.stall_timeout_s}); 0 turns the watch off")
         if self.max_batch_tokens < 0:
             raise ConfigError(f"--max_batch_tokens must be >= 0 (got {self.max_batch_tokens}); 0 means no cap")
         if self.num_workers < 1:
@@ -119,12 +124,24 @@ class RunConfig:
         if self.num_local_attention_blocks < -1:
             raise ConfigError(f"--num_local_attention_blocks must be >= 0, or -1 for all blocks "
                               f"(got {self.num_local_attention_blocks})")
-        for name in ("block_cache_gpu_gib", "block_cache_cpu_gib", "block_cache_disk_gib"):
+        for name in ("block_cache_gpu_gib", "block_cache_cpu_gib"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0 (got {getattr(self, name)})")
-        if self.block_cache_disk_gib > 0 and not self.block_cache_disk_dir:
-            raise ConfigError("--block_cache_disk_gib needs --block_cache_disk_dir")
+        if self.block_cache_disk_gib is not None:
+            if not self.block_cache_disk_dir:
+                raise ConfigError("--block_cache_disk_gib needs --block_cache_disk_dir (the folder of the disk tier)")
+            if self.block_cache_disk_gib <= 0:
+                raise ConfigError(f"--block_cache_disk_gib must be > 0 (got {self.block_cache_disk_gib}); leave "
+                                  "out --block_cache_disk_dir for no disk tier")
+        if self.block_cache_disk_dir and os.path.exists(self.block_cache_disk_dir) \
+                and not os.path.isdir(self.block_cache_disk_dir):
+            raise ConfigError(f"--block_cache_disk_dir {self.block_cache_disk_dir} is a file; give a folder")
         return self
+
+    @property
+    def disk_budget_gib(self) -> float:
+        """The disk tier's budget per worker (the default when only the folder is given)."""
+        return DISK_GIB_DEFAULT if self.block_cache_disk_gib is None else self.block_cache_disk_gib
 
     @property
     def world_size(self) -> int:

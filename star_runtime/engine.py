@@ -12,8 +12,8 @@ from collections import OrderedDict
 from .block_mode import BlockSpec
 from .config import ConfigError, RunConfig
 from .kv.block_store import block_key
-from .models.loader import load_tokenizer, model_config, model_window, resolve_model
-from .parallel.launchers import make_launcher
+from .models.loader import check_supported, load_tokenizer, model_config, model_window, resolve_model
+from .parallel.launchers import check_devices, make_launcher
 from .parallel.worker import Reply, Request
 from .phase1 import config_plan
 from .prompts import split_blocks, tokenize_blocks, tokenize_prompt
@@ -31,8 +31,11 @@ class Engine:
         if cfg.attn_type == "dense" and cfg.num_workers > 1:
             notice(f"dense attention runs on one worker; the other {cfg.num_workers - 1} stay idle")
         self.source = resolve_model(cfg.model_path)
+        config = model_config(self.source)
+        check_supported(config)
         self.tokenizer = load_tokenizer(self.source)
-        self.window = model_window(model_config(self.source))
+        self.window = model_window(config)
+        check_devices(cfg)
         self.launcher = make_launcher(cfg, self.source)
         self.model_id = f"{self.source.name}|{self.source.path}|{cfg.dtype}|{cfg.device}"
         self.block_home: OrderedDict[str, int] = OrderedDict()  # block key -> worker that encoded it
@@ -121,6 +124,10 @@ class Engine:
         while len(self.block_home) > 1_000_000:
             self.block_home.popitem(last=False)
         return specs
+
+    def share_from_host(self, obj):
+        """``obj`` as the query host (the writing process) has it, on every process of the run."""
+        return self.launcher.share_from_host(obj)
 
     def layout_notice(self, req: Request) -> str | None:
         """One line when a short sample leaves workers without context (the run goes on)."""

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
 from tqdm import tqdm
 
 from .config import ConfigError, RunConfig
 from .engine import Engine, mean
-from .io_jsonl import ResultWriter, finished_indices, read_samples
+from .io_jsonl import read_samples
+from .parallel.launchers import writes_results
+from .results import ResultFile
 
 PASSTHROUGH = ("others", "truncation", "length")
 
@@ -26,7 +30,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num_blocks", type=int, default=0,
                    help="star: cut each context into N blocks, block = ceil(length / N) (instead of --block_size)")
     p.add_argument("--tokens_to_generate", type=int, default=32)
-    p.add_argument("--stop_words", default="", help="comma-separated stop words")
+    p.add_argument("--stop_words", default="",
+                   help=r"comma-separated stop words; \, is a comma inside a stop word (e.g. 'Question:,\,')")
     p.add_argument("--num_workers", "-np", type=int, default=1, help="workers (one per GPU on cuda)")
     p.add_argument("--gpus_per_worker", type=int, default=1,
                    help="GPUs per worker: > 1 splits the model's layers over them (a model too big for one GPU)")
@@ -44,8 +49,11 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                         "(full attention); -1 = all, 0 = dense")
     p.add_argument("--block_cache_gpu_gib", type=float, default=4.0, help="block KV cache, device tier, per worker")
     p.add_argument("--block_cache_cpu_gib", type=float, default=8.0, help="block KV cache, CPU tier, per worker")
-    p.add_argument("--block_cache_disk_dir", default=None, help="block KV cache, optional disk tier folder")
-    p.add_argument("--block_cache_disk_gib", type=float, default=0.0, help="disk tier budget per worker")
+    p.add_argument("--block_cache_disk_dir", default=None,
+                   help="block KV cache, optional disk tier folder (entries written as they are made, verified "
+                        "when read, kept across runs)")
+    p.add_argument("--block_cache_disk_gib", type=float, default=None,
+                   help="disk tier budget per worker, least recently used entries out first (default 32)")
     p.add_argument("--max_batch_tokens", type=int, default=0,
                    help="star: at most this many tokens per phase-1 batch of blocks (0: all of a worker's blocks)")
     p.add_argument("--decode", default="auto", choices=["auto", "eager", "static", "graph"],
@@ -56,6 +64,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", default="ray", choices=["ray", "torchrun"],
                    help="ray actors (default) or this process is a torchrun/srun rank (env://)")
     p.add_argument("--ray_address", default=None, help="existing Ray cluster (default: start a local one)")
+    p.add_argument("--stall_timeout_s", type=float, default=30.0,
+                   help="a worker that sends no heartbeat, or makes no progress inside a step, for this long "
+                        "ends the run naming it (0: off)")
 
 
 def config_from_args(a) -> RunConfig:
@@ -63,15 +74,34 @@ def config_from_args(a) -> RunConfig:
         model_path=a.model_path, attn_type=a.attn_type, block_size=a.block_size,
         anchor_block_size=a.anchor_block_size, num_blocks=a.num_blocks,
         tokens_to_generate=a.tokens_to_generate,
-        stop_words=[s for s in a.stop_words.split(",") if s], num_workers=a.num_workers,
+        stop_words=parse_stop_words(a.stop_words), num_workers=a.num_workers,
         gpus_per_worker=a.gpus_per_worker, device=a.device,
         dtype=a.dtype, temperature=a.temperature, top_p=a.top_p, seed=a.seed, chat_template=a.chat_template,
         launcher=a.launcher, ray_address=a.ray_address, block_delimiter=a.block_delimiter,
         num_local_attention_blocks=a.num_local_attention_blocks, block_cache_gpu_gib=a.block_cache_gpu_gib,
         block_cache_cpu_gib=a.block_cache_cpu_gib, block_cache_disk_dir=a.block_cache_disk_dir,
         block_cache_disk_gib=a.block_cache_disk_gib, decode=a.decode, max_batch_tokens=a.max_batch_tokens,
-        prefill_layers=a.prefill_layers,
+        prefill_layers=a.prefill_layers, stall_timeout_s=a.stall_timeout_s,
     )
+
+
+def parse_stop_words(text: str) -> list[str]:
+    r"""'a,b' -> ['a', 'b']; '\,' is a comma inside a stop word, '\\' a backslash; empty items are dropped."""
+    words, cur, i = [], "", 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text) and text[i + 1] in ",\\":
+            cur += text[i + 1]
+            i += 2
+            continue
+        if c == ",":
+            words.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    words.append(cur)
+    return [w for w in words if w]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,47 +116,97 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def result_settings(cfg: RunConfig, max_new_tokens: int | None = None) -> dict:
+    """The settings that change a run's answers (a result file records them and resume compares them).
+
+    Settings that only change rounding or speed (device, kernels, decode path, batch size, worker count of an
+    exact mode) are recorded beside them (``recorded_settings``) but not compared."""
+    from .models.loader import resolve_dtype
+
+    model = cfg.model_path or "bundled"
+    if not model.startswith("random:") and model != "bundled" and os.path.exists(model):
+        model = os.path.abspath(model)
+    s = {"model": model, "attn_type": cfg.attn_type, "dtype": str(resolve_dtype(cfg.dtype, cfg.device)),
+         "tokens_to_generate": max_new_tokens or cfg.tokens_to_generate, "stop_words": list(cfg.stop_words),
+         "temperature": cfg.temperature, "chat_template": cfg.chat_template}
+    if cfg.temperature > 0:
+        s.update(top_p=cfg.top_p, seed=cfg.seed)
+    if cfg.attn_type == "star":
+        s.update(block_size=cfg.block_size, anchor_block_size=cfg.anchor_block_size, num_blocks=cfg.num_blocks)
+        if cfg.block_size <= 0 and cfg.num_blocks <= 0:  # the block size follows the worker count
+            s["num_workers"] = cfg.world_size
+    if cfg.attn_type == "block":
+        s.update(block_delimiter=cfg.block_delimiter, num_local_attention_blocks=cfg.num_local_attention_blocks)
+    return s
+
+
+def recorded_settings(cfg: RunConfig, batch_size: int) -> dict:
+    return {"device": cfg.device, "num_workers": cfg.world_size, "decode": cfg.decode,
+            "prefill_layers": cfg.prefill_layers, "batch_size": batch_size, "launcher": cfg.launcher}
+
+
 def run_jsonl(cfg: RunConfig, input_path: str, output_path: str, num_samples: int = -1,
               use_cache: bool = False, engine: Engine | None = None, batch_size: int = 1,
               max_new_tokens: int | None = None) -> list[dict]:
     """Run every unfinished sample of ``input_path``; returns this call's records.
 
-    max_new_tokens overrides --tokens_to_generate (benchmarks set it per task)."""
+    The input and the output location are checked, the output locked and (use_cache) its finished rows
+    read before any model or worker starts. max_new_tokens overrides --tokens_to_generate (benchmarks set it
+    per task)."""
+    cfg.validate()
     samples = read_samples(input_path, num_samples)
-    done = finished_indices(output_path) if use_cache else set()
-    todo = [s for s in samples if s["index"] not in done]
-    if done:
-        print(f"[star-runtime] resuming: {len(samples) - len(todo)} of {len(samples)} samples already in "
-              f"{output_path}")
+    settings = result_settings(cfg, max_new_tokens)
+    writes = engine.is_writer if engine is not None else writes_results(cfg)
+    result = None
+    if writes:
+        result = ResultFile(output_path, settings, samples, input_path, resume=use_cache,
+                            recorded=recorded_settings(cfg, batch_size), notice=_notice)
     own = engine is None
-    engine = engine or Engine(cfg)
     records = []
     try:
+        engine = engine or Engine(cfg)
+        done = set(result.done) if result is not None else None
+        done = engine.share_from_host(done)  # torchrun: every rank runs the samples the writing host runs
+        todo = [s for s in samples if s["index"] not in done]
+        if done and writes:
+            _notice(f"[star-runtime] resuming: {len(samples) - len(todo)} of {len(samples)} samples already in "
+                    f"{output_path}")
         reqs = [engine.prepare(s["input_context"], s["input_query"], s["index"],
                                where=f"{input_path}:{s['_line']} (index {s['index']})", blocks=s.get("blocks"),
                                max_new_tokens=max_new_tokens)
                 for s in todo]
-        writer = ResultWriter(output_path, resume=use_cache) if engine.is_writer else None
-        bar = tqdm(total=len(todo), desc=f"{cfg.attn_type} x{cfg.world_size}", disable=not engine.is_writer,
-                   unit="sample")
-        try:
+        with tqdm(total=len(todo), desc=f"{cfg.attn_type} x{cfg.world_size}", disable=not writes,
+                  unit="sample") as bar:
             for i in range(0, len(todo), batch_size):
                 chunk = list(zip(todo[i:i + batch_size], reqs[i:i + batch_size]))
                 replies = engine.run_batch([r for _, r in chunk])
                 for (s, req), reply in zip(chunk, replies):
                     out = prediction_record(s, engine.record(req, reply))
-                    if writer:
-                        writer.write(out)
+                    if result is not None:
+                        result.write(out)
                     records.append(out)
                 bar.update(len(chunk))
-        finally:
-            bar.close()
-            if writer:
-                writer.close()
     finally:
-        if own:
+        if result is not None:
+            result.close()
+        if own and engine is not None:
             engine.close()
     return records
+
+
+def result_rows(cfg: RunConfig, input_path: str, output_path: str, num_samples: int = -1,
+                max_new_tokens: int | None = None) -> list[dict]:
+    """The finished rows of ``output_path`` that answer the selected samples of ``input_path`` under these
+    settings, in input order (what a benchmark scores)."""
+    from .results import finished_rows
+
+    samples = read_samples(input_path, num_samples)
+    rows = finished_rows(output_path, result_settings(cfg, max_new_tokens), samples)
+    return [rows[s["index"]] for s in samples if s["index"] in rows]
+
+
+def _notice(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def prediction_record(sample: dict, rec: dict) -> dict:

@@ -51,6 +51,7 @@ def star_plan(length: int, block_size: int, anchor_block_size: int, world: int, 
         s = max(1, math.ceil(length / num_blocks))
     else:
         s = block_size if block_size > 0 else max(1, math.ceil(length / world))
+    s = min(s, max(1, length))  # a block beyond the context is the context: same math, no padding
     a = min(anchor_block_size if anchor_block_size > 0 else s, s)
     nb = math.ceil(length / s)
     parts = torch.tensor_split(torch.arange(nb), world)  # fewer blocks than workers: trailing parts empty
@@ -93,7 +94,8 @@ def encode_star(model, ctx: torch.Tensor, plan: StarPlan, group, pad_id: int = 0
     The anchor (tokens [0, A)) is encoded once, by rank 0 (it holds block 0), and reaches the other ranks
     layer by layer (SharedAnchor) while they encode their own blocks; with A == S it also is block 0, so
     rank 0 does not encode block 0 a second time. A rank's blocks go in as one batch, or, with
-    max_batch_tokens > 0 (memory for very long contexts), in as few batches as fit, in order.
+    max_batch_tokens > 0 (memory for very long contexts), in as few batches as fit, in order; a shorter
+    last block of the context runs as long as its tokens, on its own.
     """
     layers = num_layers(model)
     shard = ContextShard(layers)
@@ -112,21 +114,22 @@ def encode_star(model, ctx: torch.Tensor, plan: StarPlan, group, pad_id: int = 0
                 mine = mine[1:]
         else:
             anchor.receive(model.dtype, group.device)
-    if mine:
-        last = mine[-1]
-        end = min(length, (last + 1) * s)
-        ids = torch.full(((last + 1) * s,), pad_id, dtype=ctx.dtype, device=dev)
-        ids[:end] = ctx[:end]
-        per_batch = len(mine) if max_batch_tokens <= 0 else max(1, max_batch_tokens // s)
-        for i in range(0, len(mine), per_batch):
-            chunk = mine[i:i + per_batch]
-            blocks = torch.tensor(chunk, device=dev)
-            block_ids = ids[chunk[0] * s:(chunk[-1] + 1) * s].view(len(chunk), s)
-            block_pos = blocks.unsqueeze(1) * s + torch.arange(s, device=dev).unsqueeze(0)
-            keep = min(end, (chunk[-1] + 1) * s) - chunk[0] * s
-            sees = anchor if any(b != 0 for b in chunk) else None
-            with attention_state(StarBlocks(shard, sees, blocks != 0, keep)):
-                _forward(model, block_ids, block_pos, prefill_layers)
+    # full blocks go in as batches of equal length; a shorter last block of the context goes in on its own,
+    # as long as its tokens (no padding)
+    full = [b for b in mine if (b + 1) * s <= length]
+    batches = []
+    per_batch = len(full) if max_batch_tokens <= 0 else max(1, max_batch_tokens // s)
+    for i in range(0, len(full), max(1, per_batch)):
+        batches.append((full[i:i + per_batch], s))
+    if mine and mine[-1] not in full:
+        batches.append(([mine[-1]], length - mine[-1] * s))
+    for chunk, n in batches:
+        blocks = torch.tensor(chunk, device=dev)
+        block_ids = torch.cat([ctx[b * s:b * s + n] for b in chunk]).view(len(chunk), n)
+        block_pos = blocks.unsqueeze(1) * s + torch.arange(n, device=dev).unsqueeze(0)
+        sees = anchor if any(b != 0 for b in chunk) else None
+        with attention_state(StarBlocks(shard, sees, blocks != 0, len(chunk) * n)):
+            _forward(model, block_ids, block_pos, prefill_layers)
     if anchor is not None:
         anchor.finish()
     return shard

@@ -19,6 +19,7 @@ from .attention.hooks import attention_state
 from .attention.phase2 import GlobalAttention
 from .kv.shard import ContextShard, QueryCache
 from .models.loader import num_layers
+from .progress import tick
 
 EOS, STOP_WORD = 1, 2
 
@@ -141,6 +142,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
 
         step = DecodeStep(model, group, shards, caches, last, pos, use_graph=decode == "graph")
     while any(running):  # decode, every unfinished sample one token per step
+        tick()
         batch = [b for b in range(n) if running[b]]
         t0 = time.perf_counter()
         if step is not None:

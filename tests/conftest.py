@@ -25,7 +25,7 @@ def ray_session():
     """One local Ray instance for the whole test session (real raylet, real worker processes)."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
 

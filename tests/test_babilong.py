@@ -89,7 +89,7 @@ def test_end_to_end_star_two_workers(ray_session, tmp_path):
             "--data_dir", str(DATA), "--output_dir", str(out)]
     assert run_babilong(argv) == 0
     for length in ("0", "1024"):
-        run = out / "smollm2-135m_star_bauto" / length
+        run = out / "smollm2-135m_star_bauto_w2" / length
         preds = [json.loads(l) for l in (run / "qa1.jsonl").read_text().splitlines()]
         assert len(preds) == 2 and all(p["tokens_generated"] <= 20 for p in preds)
         assert json.loads((run / "summary.json").read_text())["tasks"]["qa1"]["samples"] == 2

@@ -99,7 +99,7 @@ def test_end_to_end_star_two_workers(ray_session, tmp_path):
     for task in ("niah_single_1", "vt"):
         assert len((pregen / "1024" / task / "validation.jsonl").read_text().splitlines()) == 2
     assert run_ruler(argv) == 0
-    run = out / "smollm2-135m_star_bauto" / "1024"
+    run = out / "smollm2-135m_star_bauto_w2" / "1024"
     assert not (run / "data").exists()  # the pre-generated samples were used
     for task in ("niah_single_1", "vt"):
         preds = [json.loads(l) for l in (run / f"{task}.jsonl").read_text().splitlines()]
@@ -122,3 +122,7 @@ def test_run_folder_names_follow_the_reference():
     assert run_name("m", RunConfig(attn_type="star", block_size=4096)) == "m_star_b4ka4k"
     assert run_name("m", RunConfig(attn_type="star", block_size=4096, anchor_block_size=1000)) == "m_star_b4ka1000"
     assert run_name("m", RunConfig(attn_type="star", num_blocks=4)) == "m_star_4blocks"
+    # settings that change answers are in the name: the worker count when the block follows it, the dtype
+    assert run_name("m", RunConfig(attn_type="star", num_workers=2)) == "m_star_bauto_w2"
+    assert run_name("m", RunConfig(attn_type="star", num_workers=1)) == "m_star_bauto_w1"
+    assert run_name("m", RunConfig(attn_type="dense", dtype="bfloat16")) == "m_dense_bfloat16"

@@ -14,6 +14,8 @@ from typing import Protocol
 import torch
 from transformers import AttentionInterface
 
+from ..progress import tick
+
 ATTN_NAME = "star_runtime"
 HOME_ATTR = "_star_runtime_home"
 
@@ -43,6 +45,7 @@ def _runtime_attention(module, query, key, value, attention_mask, scaling=None, 
         raise RuntimeError(
             "star_runtime attention was called outside a runtime step; run the model through star_runtime"
         )
+    tick()
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     home = getattr(module, HOME_ATTR, None)
     if home is not None and query.device != home:  # a layer on another GPU of a split worker

@@ -1,17 +1,26 @@
-"""Content-addressed store of encoded blocks' KV, per worker, with LRU tiers: device -> CPU -> disk -> gone.
+"""Content-addressed store of encoded blocks' KV, per worker, with LRU tiers: device -> CPU -> (disk) -> gone.
 
 An entry is one block encoded on its own at positions 0..L-1: KV of every layer as one tensor
 (layers, 2, H_kv, L, D) in the model dtype, plus the inverse RoPE frequencies it was encoded with (D/2,)
 (needed to re-encode it exactly, attention/rope.py). Keys are content hashes (model identity + token ids),
-so the same passage in any later prompt, at any offset, is a hit. Each tier has a byte budget; the least
-recently used entries move down a tier when a tier is full (device to CPU, CPU to disk when a disk tier is
-set, else dropped). A hit moves the entry back to the device tier.
+so the same passage in any later prompt, at any offset, is a hit.
+
+The device and CPU tiers are memory with byte budgets: the least recently used entries move from the device
+tier to the CPU tier, and out of the CPU tier when it is full. The optional disk tier (DiskTier) holds every
+entry, written through when the entry is first stored, so what a run computed survives however the run ends;
+its files are verified when loaded (a damaged, truncated or misplaced file is a miss, never wrong KV).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import queue
+import sys
+import threading
+import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +29,8 @@ import numpy as np
 import torch
 
 TIERS = ("device", "cpu", "disk")
+FORMAT = "star-runtime-block/1"
+SUFFIX = ".safetensors"
 
 
 def block_key(model_id: str, token_ids: list[int]) -> str:
@@ -29,12 +40,15 @@ def block_key(model_id: str, token_ids: list[int]) -> str:
     return h.hexdigest()[:32]
 
 
+def _notice(msg: str) -> None:
+    print(f"[star-runtime] {msg}", file=sys.stderr, flush=True)
+
+
 @dataclass
 class Entry:
-    kv: torch.Tensor | None  # (layers, 2, H_kv, L, D); None while on disk
-    inv_freq: torch.Tensor  # (D/2,) fp32
+    kv: torch.Tensor  # (layers, 2, H_kv, L, D)
+    inv_freq: torch.Tensor  # (D/2,) fp32, CPU
     nbytes: int
-    tier: str
 
 
 @dataclass
@@ -51,134 +65,287 @@ class StoreStats:
 
 
 class BlockStore:
+    """get(key, L) -> (kv on the device, inv_freq) or None; put(key, kv, inv_freq) after a miss.
+
+    expect: (layers, H_kv, D) and dtype of every entry, when known: a disk entry of another shape or dtype is
+    a miss. ``flush()`` waits until every stored entry is on disk; ``close()`` flushes and stops the writer.
+    """
+
     def __init__(self, device: torch.device, device_bytes: int, cpu_bytes: int,
-                 disk_dir: str | None = None, disk_bytes: int = 0):
+                 disk_dir: str | None = None, disk_bytes: int = 0, expect: tuple | None = None,
+                 dtype: torch.dtype | None = None, notice=_notice):
         self.device = device
-        self.budget = {"device": int(device_bytes), "cpu": int(cpu_bytes),
-                       "disk": int(disk_bytes) if disk_dir else 0}
-        self.used = {t: 0 for t in TIERS}
-        self.lru = {t: OrderedDict() for t in TIERS}  # key -> Entry, oldest first
-        self.disk_dir = Path(disk_dir) if disk_dir else None
+        self.budget = {"device": int(device_bytes), "cpu": int(cpu_bytes)}
+        self.used = {"device": 0, "cpu": 0}
+        self.lru = {"device": OrderedDict(), "cpu": OrderedDict()}  # key -> Entry, oldest first
         self.stats = StoreStats()
-        if self.disk_dir:
-            self.disk_dir.mkdir(parents=True, exist_ok=True)
-            self._index_disk()
+        self.disk = DiskTier(Path(disk_dir), int(disk_bytes), expect, dtype, notice) if disk_dir else None
 
     # -- lookups ---------------------------------------------------------------------------------------
     def get(self, key: str, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(kv on the device, inv_freq) for a stored block, moved to the device tier; None on a miss."""
-        for tier in TIERS:
-            entry = self.lru[tier].get(key)
+        for tier in ("device", "cpu"):
+            entry = self.lru[tier].pop(key, None)
             if entry is None:
                 continue
-            self.stats.hits[tier] += 1
-            self.stats.hit_tokens += num_tokens
-            self._remove(key, tier)
-            if tier == "disk":
-                payload = torch.load(self._path(key), map_location="cpu", weights_only=True)
-                entry.kv, entry.inv_freq = payload["kv"], payload["inv_freq"]
-                entry.nbytes = entry.kv.numel() * entry.kv.element_size()
-                self._path(key).unlink(missing_ok=True)
-            kv = entry.kv.to(self.device)
-            self._insert(key, Entry(kv, entry.inv_freq, entry.nbytes, "device"), "device")
-            return kv, entry.inv_freq
+            self.used[tier] -= entry.nbytes
+            self._hit(tier, num_tokens)
+            entry.kv = entry.kv.to(self.device)
+            self._insert(key, entry, "device")
+            return entry.kv, entry.inv_freq
+        got = self.disk.load(key, num_tokens) if self.disk is not None else None
+        if got is not None:
+            self._hit("disk", num_tokens)
+            kv, inv_freq = got
+            entry = Entry(kv.to(self.device), inv_freq, kv.numel() * kv.element_size())
+            self._insert(key, entry, "device")
+            return entry.kv, entry.inv_freq
         self.stats.misses += 1
         self.stats.miss_tokens += num_tokens
         return None
 
     def put(self, key: str, kv: torch.Tensor, inv_freq: torch.Tensor) -> None:
-        """Store a freshly encoded block (layers, 2, H_kv, L, D) in the device tier (or lower if too big)."""
-        if self.contains(key):
+        """Store a freshly encoded block (layers, 2, H_kv, L, D) in the device tier (or lower if too big),
+        and on disk (in the background) when there is a disk tier."""
+        if key in self.lru["device"] or key in self.lru["cpu"]:
             return
-        nbytes = kv.numel() * kv.element_size()
-        self._insert(key, Entry(kv, inv_freq.detach().float().cpu(), nbytes, "device"), "device")
+        inv_freq = inv_freq.detach().float().cpu()
+        self._insert(key, Entry(kv, inv_freq, kv.numel() * kv.element_size()), "device")
+        if self.disk is not None:
+            self.disk.put(key, kv, inv_freq)
 
     def contains(self, key: str) -> bool:
-        return any(key in self.lru[t] for t in TIERS)
+        return key in self.lru["device"] or key in self.lru["cpu"] or (
+            self.disk is not None and self.disk.contains(key))
 
-    # -- tier mechanics ----------------------------------------------------------------------------------
-    def _insert(self, key: str, entry: Entry, tier: str) -> None:
+    def _hit(self, tier: str, num_tokens: int) -> None:
+        self.stats.hits[tier] += 1
+        self.stats.hit_tokens += num_tokens
+
+    # -- memory tiers ----------------------------------------------------------------------------------
+    def _insert(self, key: str, entry: Entry, tier: str | None) -> None:
         """Put entry in ``tier``, first pushing least recently used entries down until it fits."""
         while tier is not None and entry.nbytes > self.budget[tier]:
-            tier = self._below(tier)  # larger than the whole tier: skip it
+            tier = "cpu" if tier == "device" else None  # larger than the whole tier: skip it
         if tier is None:
-            self.stats.evictions["dropped"] += 1
+            self._drop()
             return
         while self.used[tier] + entry.nbytes > self.budget[tier]:
             old_key, old = self.lru[tier].popitem(last=False)
             self.used[tier] -= old.nbytes
-            self._demote(old_key, old, tier)
-        self._place(key, entry, tier)
-
-    def _place(self, key: str, entry: Entry, tier: str) -> None:
-        if tier == "device":
-            entry.kv = entry.kv.to(self.device)
-        elif tier == "cpu":
-            entry.kv = entry.kv.to("cpu")
-        else:
-            torch.save({"kv": entry.kv.cpu(), "inv_freq": entry.inv_freq}, self._path(key))
-            entry.kv = None
-        entry.tier = tier
+            if tier == "device":
+                self.stats.evictions["device_to_cpu"] += 1
+                self._insert(old_key, old, "cpu")
+            else:
+                self._drop()
+        entry.kv = entry.kv.to(self.device if tier == "device" else "cpu")
         self.lru[tier][key] = entry
         self.used[tier] += entry.nbytes
 
-    def _demote(self, key: str, entry: Entry, tier: str) -> None:
-        below = self._below(tier)
-        if tier == "disk":
-            self._path(key).unlink(missing_ok=True)
-        if below is None:
-            self.stats.evictions["dropped"] += 1
-            return
-        self.stats.evictions["device_to_cpu" if tier == "device" else "cpu_to_disk"] += 1
-        self._insert(key, entry, below)
+    def _drop(self) -> None:
+        """An entry leaves memory: it stays on disk when there is a disk tier, else it is gone."""
+        self.stats.evictions["cpu_to_disk" if self.disk is not None else "dropped"] += 1
 
-    def _below(self, tier: str) -> str | None:
-        if tier == "device":
-            return "cpu"
-        if tier == "cpu" and self.disk_dir is not None:
-            return "disk"
-        return None
+    def flush(self) -> None:
+        if self.disk is not None:
+            self.disk.flush()
 
-    def _remove(self, key: str, tier: str) -> None:
-        entry = self.lru[tier].pop(key)
-        self.used[tier] -= entry.nbytes
-
-    def _path(self, key: str) -> Path:
-        return self.disk_dir / f"{key}.pt"
-
-    def _index_disk(self) -> None:
-        """Reuse blocks a previous run left in the disk tier (oldest first)."""
-        files = sorted(self.disk_dir.glob("*.pt"), key=lambda p: p.stat().st_mtime)
-        for f in files:
-            n = f.stat().st_size
-            if self.used["disk"] + n > self.budget["disk"]:
-                f.unlink(missing_ok=True)
-                continue
-            self.lru["disk"][f.stem] = Entry(None, torch.empty(0), n, "disk")
-            self.used["disk"] += n
-
-    def persist(self) -> int:
-        """Write the device and CPU tiers down to the disk tier (most recently used kept first), so a later
-        run with the same disk folder starts warm. Returns the number of blocks on disk afterwards."""
-        if self.disk_dir is None:
-            return 0
-        for tier in ("cpu", "device"):  # least recent first: the disk LRU ends with the freshest blocks
-            for key in list(self.lru[tier]):
-                entry = self.lru[tier].pop(key)
-                self.used[tier] -= entry.nbytes
-                self._insert(key, entry, "disk")
-        return len(self.lru["disk"])
+    def close(self) -> None:
+        if self.disk is not None:
+            self.disk.close()
 
     def summary(self) -> dict:
-        return {**self.stats.as_dict(), "entries": {t: len(self.lru[t]) for t in TIERS},
-                "bytes": dict(self.used)}
+        entries = {t: len(self.lru[t]) for t in ("device", "cpu")}
+        used = dict(self.used)
+        entries["disk"], used["disk"] = (self.disk.count(), self.disk.used) if self.disk is not None else (0, 0)
+        return {**self.stats.as_dict(), "entries": entries, "bytes": used}
+
+
+class DiskTier:
+    """Block entries as files ``<dir>/<key>.safetensors`` under a byte budget, least recently used out first.
+
+    A file holds the KV, the inverse frequencies and, as metadata, the format, its key, dtype, shape and a
+    CRC-32 of the KV bytes. Files are written by a background thread as entries arrive (temporary file,
+    fsync, rename: a file is whole or absent), a hit leaves the file in place and refreshes its time (the
+    LRU order survives restarts), and a file that does not verify is removed with one notice and counts as
+    a miss. Until its file is written an entry is served from memory.
+    """
+
+    def __init__(self, folder: Path, budget: int, expect: tuple | None, dtype: torch.dtype | None, notice):
+        self.dir = folder
+        self.budget = budget
+        self.expect = expect
+        self.dtype = dtype
+        self.notice = notice
+        self.lock = threading.Lock()
+        self.files: OrderedDict[str, int] = OrderedDict()  # key -> bytes on disk, oldest first
+        self.used = 0
+        self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.queue: queue.Queue = queue.Queue()
+        self._failed = False
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._index()
+        self.thread = threading.Thread(target=self._writer, name="block-cache-writer", daemon=True)
+        self.thread.start()
+
+    def _path(self, key: str) -> Path:
+        return self.dir / f"{key}{SUFFIX}"
+
+    def _index(self) -> None:
+        """Entries a previous run left (oldest first); leftover temporary files of a killed writer go."""
+        now = time.time()
+        for tmp in self.dir.glob(".tmp-*"):
+            try:
+                if now - tmp.stat().st_mtime > 600:  # not another live writer's file in progress
+                    tmp.unlink()
+            except OSError:
+                pass
+        found = []
+        for f in self.dir.glob(f"*{SUFFIX}"):
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            found.append((st.st_mtime, f.name[: -len(SUFFIX)], st.st_size))
+        for _, key, size in sorted(found):
+            self.files[key] = size
+            self.used += size
+        with self.lock:
+            self._evict()
+
+    def contains(self, key: str) -> bool:
+        with self.lock:
+            return key in self.files or key in self.pending
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.files)
+
+    # -- writing -----------------------------------------------------------------------------------------
+    def put(self, key: str, kv: torch.Tensor, inv_freq: torch.Tensor) -> None:
+        with self.lock:
+            if key in self.files or key in self.pending:
+                return
+            self.pending[key] = (kv, inv_freq)
+        self.queue.put(key)
+
+    def _writer(self) -> None:
+        while True:
+            key = self.queue.get()
+            try:
+                if key is None:
+                    return
+                kv, inv_freq = self.pending[key]
+                try:
+                    self._write(key, kv, inv_freq)
+                except Exception as e:  # a full or read-only disk: the run goes on, the entry stays in memory
+                    if not self._failed:
+                        self._failed = True
+                        self.notice(f"block cache: cannot write {self.dir} ({e}); entries are kept in memory only")
+                with self.lock:
+                    self.pending.pop(key, None)
+            finally:
+                self.queue.task_done()
+
+    def _write(self, key: str, kv: torch.Tensor, inv_freq: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        cpu = kv.detach().to("cpu").contiguous()
+        meta = {"format": FORMAT, "key": key, "dtype": str(cpu.dtype), "shape": json.dumps(list(cpu.shape)),
+                "crc32": str(_crc(cpu, inv_freq.float().cpu()))}
+        tmp = self.dir / f".tmp-{key}-{os.getpid()}-{threading.get_ident()}"
+        try:
+            save_file({"kv": cpu, "inv_freq": inv_freq.float().cpu().contiguous()}, str(tmp), metadata=meta)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path(key))
+        finally:
+            tmp.unlink(missing_ok=True)
+        size = self._path(key).stat().st_size
+        with self.lock:
+            self.used += size - self.files.pop(key, 0)
+            self.files[key] = size
+            self._evict()
+
+    def _evict(self) -> None:
+        """Delete least recently used files until the tier fits its budget (caller holds the lock); an entry
+        larger than the whole budget does not stay either."""
+        while self.used > self.budget and self.files:
+            old, size = self.files.popitem(last=False)
+            self.used -= size
+            self._path(old).unlink(missing_ok=True)
+
+    def flush(self) -> None:
+        """Wait until every entry stored so far is on disk (or its write failed)."""
+        self.queue.join()
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.flush()
+            self.queue.put(None)
+            self.thread.join(timeout=60)
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def load(self, key: str, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(kv, inv_freq) of a verified entry, or None (absent, or unusable: removed with one notice)."""
+        with self.lock:
+            if key in self.pending:
+                return self.pending[key]
+            if key not in self.files:
+                return None
+        path = self._path(key)
+        try:
+            kv, inv_freq = self._read(path, key, num_tokens)
+        except Exception as e:
+            reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            self.notice(f"block cache: {path} is unusable ({reason}); recomputing that block")
+            with self.lock:
+                self.used -= self.files.pop(key, 0)
+            path.unlink(missing_ok=True)
+            return None
+        with self.lock:
+            if key in self.files:
+                self.files.move_to_end(key)
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+        return kv, inv_freq
+
+    def _read(self, path: Path, key: str, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"not a block-cache file of format {FORMAT}")
+            if meta.get("key") != key:
+                raise ValueError(f"it holds block {meta.get('key')}, not {key}")
+            kv = f.get_tensor("kv")
+            inv_freq = f.get_tensor("inv_freq")
+        if str(kv.dtype) != meta.get("dtype") or list(kv.shape) != json.loads(meta.get("shape", "[]")):
+            raise ValueError("its tensor does not match its recorded dtype and shape")
+        if kv.dim() != 5 or kv.shape[1] != 2 or kv.shape[3] != num_tokens:
+            raise ValueError(f"shape {tuple(kv.shape)} is not (layers, 2, heads, {num_tokens}, head_dim)")
+        if self.expect is not None and (kv.shape[0], kv.shape[2], kv.shape[4]) != tuple(self.expect):
+            raise ValueError(f"shape {tuple(kv.shape)} does not fit this model (layers, heads, head_dim = "
+                             f"{tuple(self.expect)})")
+        if self.dtype is not None and kv.dtype != self.dtype:
+            raise ValueError(f"dtype {kv.dtype}, the model runs in {self.dtype}")
+        if str(_crc(kv, inv_freq)) != meta.get("crc32"):
+            raise ValueError("checksum mismatch: its bytes were damaged")
+        if inv_freq.dim() != 1 or inv_freq.dtype != torch.float32:
+            raise ValueError("its RoPE frequencies are not a float32 vector")
+        return kv, inv_freq
+
+
+def _crc(*tensors: torch.Tensor) -> int:
+    """CRC-32 of CPU tensors' bytes, in order."""
+    crc = 0
+    for t in tensors:
+        crc = zlib.crc32(t.contiguous().view(-1).view(torch.uint8).numpy(), crc)
+    return crc
 
 
 def gib(x: float) -> int:
     return int(x * (1 << 30))
-
-
-def default_disk_dir() -> str:
-    from ..models.bundled import cache_root
-
-    return os.path.join(cache_root(), "blocks")

@@ -47,11 +47,28 @@ def resolve_model(spec: str | None) -> ModelSource:
         raise ConfigError(f"--model_path {spec} does not exist; give an HF model folder, a .gguf file, "
                           "random:<name>, or leave it out for the bundled SmolLM2")
     if p.is_file() and p.suffix == ".gguf":
-        d = converted_gguf_dir(p)
+        with open(p, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ConfigError(f"--model_path {spec} is not a GGUF file (it does not start with the GGUF magic); "
+                              "give a .gguf model file or an HF model folder")
+        try:
+            d = converted_gguf_dir(p)
+        except Exception as e:
+            raise ConfigError(f"--model_path {spec}: the GGUF file cannot be read ({_first_line(e)}); it may be "
+                              "truncated or of an architecture transformers cannot load; replace it") from None
         return ModelSource("hf", str(d), p.stem, str(d))
     if p.is_dir() and (p / "config.json").exists():
+        if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+            raise ConfigError(f"--model_path {spec} has a config.json but no weights (*.safetensors or *.bin); "
+                              "give the folder holding the model's weight files")
         return ModelSource("hf", str(p), p.name, str(p))
     raise ConfigError(f"--model_path {spec} is neither an HF model folder (with config.json) nor a .gguf file")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return (lines[0] if lines else type(e).__name__)[:160]
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
@@ -63,7 +80,12 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source.tokenizer_path or str(bundled_tokenizer_dir()))
+    path = source.tokenizer_path or str(bundled_tokenizer_dir())
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise ConfigError(f"--model_path {path}: its tokenizer cannot be loaded ({_first_line(e)}); the folder "
+                          "needs the model's tokenizer files (tokenizer.json or tokenizer.model)") from None
 
 
 def model_config(source: ModelSource):
@@ -71,7 +93,11 @@ def model_config(source: ModelSource):
 
     if source.kind == "random":
         return random_config(source.path)
-    return AutoConfig.from_pretrained(source.path)
+    try:
+        return AutoConfig.from_pretrained(source.path)
+    except Exception as e:
+        raise ConfigError(f"--model_path {source.path}: its config.json cannot be used ({_first_line(e)}); "
+                          "fix or replace config.json") from None
 
 
 def check_supported(config) -> None:

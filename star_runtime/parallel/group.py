@@ -94,6 +94,14 @@ class Group:
             return _DONE
         return dist.broadcast(t, src, async_op=True)
 
+    def broadcast_object(self, obj, src: int):
+        """Any picklable ``obj`` from ``src`` to every rank (for small control data, not tensors)."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
+
     def barrier(self) -> None:
         if self.world_size > 1:
             if self.device.type == "cuda":

@@ -8,16 +8,19 @@ and on the first failure kills the others (which would otherwise wait forever in
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 from ..models.loader import ModelSource
 from .group import free_port, node_ip
 from .launchers import WorkerFailure
-from .worker import Reply, Request, Worker
+from .liveness import PERIOD_S, Watchdog, connect_store, read_all
+from .worker import Reply, Request, Worker, flush_on_signals
 
 
 @ray.remote
@@ -34,8 +37,10 @@ class WorkerActor:
         return {"node_id": ctx.get_node_id(), "ip": node_ip(), "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def setup(self, cfg: RunConfig, source: ModelSource, rank: int, world: int, init_method: str,
-              threads: int) -> dict:
-        self.worker = Worker(cfg, source, rank, world, init_method, threads=threads)
+              threads: int, heartbeat_store: tuple[str, int] | None) -> dict:
+        self.worker = Worker(cfg, source, rank, world, init_method, threads=threads,
+                             heartbeat_store=heartbeat_store)
+        flush_on_signals(self.worker.flush)
         return self.worker.info()
 
     def run_batch(self, reqs: list[Request]) -> list[Reply]:
@@ -77,9 +82,41 @@ def ensure_ray(address: str | None, num_workers: int) -> None:
     kwargs = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
                   logging_level="ERROR", configure_logging=True)
     if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, num_workers), **kwargs)
+        check_reachable(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"cannot connect to the Ray cluster at {address} ({_first_line(e)}); check the "
+                              "address (`ray status` on the head node), or leave --ray_address and RAY_ADDRESS "
+                              "unset to start a local Ray") from None
+    else:  # a Ray of our own, even if another one runs on this machine (join that one with --ray_address auto)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_workers), **kwargs)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A host:port (or ray://host:port) address must accept a TCP connection within a few seconds;
+    ``auto`` and other forms are left to Ray."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"--ray_address {address}: nothing answers at {host}:{port} ({e.strerror or e}); start "
+                          "the cluster (`ray start --head`) or fix the address, or leave it unset to start a "
+                          "local Ray") from None
+
+
+def check_cluster_gpus(cfg: RunConfig) -> None:
+    """A GPU run needs workers x GPUs per worker GPUs in the cluster: one line at once, not a long wait."""
+    if cfg.device != "cuda":
+        return
+    need = cfg.world_size * cfg.gpus_per_worker
+    have = int(ray.cluster_resources().get("GPU", 0))
+    if need > have:
+        raise ConfigError(f"{cfg.world_size} worker(s) x {cfg.gpus_per_worker} GPU(s) need {need} GPUs; the Ray "
+                          f"cluster has {have}; lower --num_workers (-np), or add GPU nodes to the cluster")
 
 
 class RayLauncher:
@@ -88,6 +125,7 @@ class RayLauncher:
         self.world_size = cfg.world_size
         self.is_writer = True
         ensure_ray(cfg.ray_address, self.world_size)
+        check_cluster_gpus(cfg)
         gpus = cfg.gpus_per_worker if cfg.device == "cuda" else 0
         bundles = [{"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1} for _ in range(self.world_size)]
         # PACK fills a node's GPUs before the next node's; over several nodes the ranks are then ordered by
@@ -111,29 +149,45 @@ class RayLauncher:
         self.actors, self.placement = order_by_node(self.actors)
         host, port = ray.get(self.actors[0].address.remote())
         threads = max(1, (os.cpu_count() or 1) // self.world_size)
-        self.infos = self._gather(
-            [a.setup.remote(cfg, source, i, self.world_size, f"tcp://{host}:{port}", threads)
-             for i, a in enumerate(self.actors)], "start"
-        )
+        self.store, self.watchdog, beat_at = None, None, None
+        if cfg.stall_timeout_s > 0:  # the workers' heartbeats come to a store this driver hosts
+            self.store = connect_store(node_ip(), 0, is_master=True)
+            beat_at = (node_ip(), self.store.port)
+            self.watchdog = Watchdog(range(self.world_size), cfg.stall_timeout_s)
+        self._gather([a.setup.remote(cfg, source, i, self.world_size, f"tcp://{host}:{port}", threads, beat_at)
+                      for i, a in enumerate(self.actors)], "start")
 
     def _gather(self, refs, what: str):
-        """ray.get on all refs, but fail fast: the first error kills every actor and raises WorkerFailure."""
+        """ray.get on all refs, but fail fast: the first error, or a worker whose heartbeat or progress stops
+        (liveness.Watchdog), kills every actor and raises WorkerFailure."""
         pending = list(refs)
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            try:
-                ray.get(ready[0])
-            except Exception as e:
-                rank = refs.index(ready[0])
-                self._kill()
-                raise WorkerFailure(
-                    f"worker {rank} failed during {what}: {_first_line(e)}; the run is stopped "
-                    "(finished samples are saved: rerun with --use_cache to resume)"
-                ) from e
+            ready, pending = ray.wait(pending, num_returns=1, timeout=PERIOD_S)
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except Exception as e:
+                    self._fail(f"worker {refs.index(ref)} failed during {what}: {_first_line(e)}", e)
+            if self.watchdog is not None and pending:
+                now = time.monotonic()
+                try:
+                    beats = read_all(self.store, range(self.world_size))
+                except Exception:
+                    beats = {}
+                for rank, value in beats.items():
+                    self.watchdog.observe(rank, value, now)
+                msg = self.watchdog.verdict(now)
+                if msg:
+                    self._fail(f"{msg}, during {what}")
         return ray.get(list(refs))
 
-    def run(self, req: Request) -> Reply:
-        return self.run_batch([req])[0]
+    def _fail(self, msg: str, cause: Exception | None = None):
+        self._kill()
+        raise WorkerFailure(f"{msg}; the run is stopped (finished samples are saved: rerun with --use_cache "
+                            "to resume)") from cause
+
+    def share_from_host(self, obj):
+        return obj  # the driver is the only process that reads and writes results
 
     def run_batch(self, reqs: list[Request]) -> list[Reply]:
         what = f"sample {reqs[0].index}" if len(reqs) == 1 else f"samples {[r.index for r in reqs]}"

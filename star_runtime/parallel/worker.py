@@ -7,6 +7,8 @@ The same class runs inside a Ray actor (parallel/ray_launcher.py), inside a torc
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -16,11 +18,13 @@ from ..attention.rope import RopeReencoder
 from ..block_mode import BlockSpec, encode_blocks
 from ..config import RunConfig
 from ..kv.block_store import BlockStore, gib
-from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype
+from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype, text_config
 from ..phase1 import encode_context
 from ..phase2 import generate, resolve_decode_mode, sync_device
 from ..sampling import Sampler, StopChecker, eos_ids
+from .. import progress
 from .group import Group, local_devices
+from .liveness import Heartbeat, PeerWatch, connect_store
 
 
 @dataclass
@@ -53,10 +57,39 @@ class Reply:
     prefill_logits: object = None  # (Tq, V) fp32, when asked
 
 
+def flush_on_signals(flush) -> None:
+    """On SIGTERM / SIGINT, ``flush()`` (write what must not be lost) before the process goes the way it would
+    have gone (the previous handler, else exit). Only from the main thread, where handlers can be set."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        prev = signal.getsignal(sig)
+
+        def handler(signum, frame, prev=prev):
+            try:
+                flush()
+            finally:
+                if callable(prev):
+                    prev(signum, frame)
+                else:
+                    raise SystemExit(128 + signum)
+
+        signal.signal(sig, handler)
+
+
 class Worker:
     def __init__(self, cfg: RunConfig, source: ModelSource, rank: int, world_size: int,
-                 init_method: str | None = None, threads: int | None = None):
+                 init_method: str | None = None, threads: int | None = None,
+                 heartbeat_store: tuple[str, int] | None = None):
+        """heartbeat_store: (host, port) of the driver's store (Ray); under torchrun (init_method env://) the
+        ranks watch each other through the rendezvous store instead."""
         self.cfg = cfg
+        self.watch = None
+        if heartbeat_store is not None:
+            host, port = heartbeat_store
+            self.watch = Heartbeat(lambda: connect_store(host, port), rank)
+        elif init_method == "env://" and world_size > 1 and cfg.stall_timeout_s > 0:
+            self.watch = PeerWatch(rank, world_size, cfg.stall_timeout_s)
         if world_size > 1:
             from transformers.utils import logging as hf_logging
 
@@ -81,8 +114,11 @@ class Worker:
     def _block_setup(self) -> None:
         cfg, rank = self.cfg, self.group.rank
         disk = os.path.join(cfg.block_cache_disk_dir, f"rank{rank}") if cfg.block_cache_disk_dir else None
+        text = text_config(self.model.config)
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self.store = BlockStore(self.device, gib(cfg.block_cache_gpu_gib), gib(cfg.block_cache_cpu_gib),
-                                disk, gib(cfg.block_cache_disk_gib))
+                                disk, gib(cfg.disk_budget_gib), dtype=self.model.dtype,
+                                expect=(text.num_hidden_layers, text.num_key_value_heads, head_dim))
         self.reencoder = RopeReencoder(self.model)
 
     def _encode(self, req: Request):
@@ -111,6 +147,10 @@ class Worker:
 
     def run_batch(self, reqs: list[Request]) -> list[Reply]:
         """Phase 1 for each sample, then phase 2 for all of them together; every worker returns the same."""
+        with progress.busy():
+            return self._run_batch(reqs)
+
+    def _run_batch(self, reqs: list[Request]) -> list[Reply]:
         g = self.group
         shards, phase1, cache = [], [], []
         for req in reqs:
@@ -145,7 +185,14 @@ class Worker:
     def cache_summary(self) -> dict | None:
         return self.store.summary() if self.store is not None else None
 
+    def flush(self) -> None:
+        """Everything this worker must not lose is on disk (the block cache's pending writes)."""
+        if self.store is not None:
+            self.store.flush()
+
     def close(self):
         if self.store is not None:
-            self.store.persist()
+            self.store.close()
+        if self.watch is not None:
+            self.watch.stop()
         self.group.destroy()

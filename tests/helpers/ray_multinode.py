@@ -69,7 +69,7 @@ def main(out_dir: str) -> None:
         eng.close()
     result["fail_s"] = round(time.time() - t0, 1)
     result["written_before_resume"] = preds.read_text().count("\n")
-    run_jsonl(cfg.replace(tokens_to_generate=8), str(inp), str(preds), use_cache=True)
+    run_jsonl(cfg, str(inp), str(preds), use_cache=True)  # the same settings: resume refuses others
     result["indices"] = sorted(json.loads(l)["index"] for l in preds.read_text().splitlines())
     print(json.dumps(result), flush=True)
     ray.shutdown()

@@ -1,0 +1,181 @@
+"""The block cache's disk tier can be trusted: entries are verified on load (damaged, truncated, swapped or
+foreign files are misses, recomputed and replaced, never wrong KV), written as they enter, left in place by a
+hit, kept across kill -9 and SIGTERM, and evicted least-recently-used under a budget, never wiped."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_engine
+from star_runtime.kv.block_store import BlockStore, DiskTier
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSAGES = [
+    "The lighthouse keeper counted ships every night. ",
+    "Copper turns green when it weathers in rain and salt air. ",
+    "In the village market, apples cost three coins and pears cost five. ",
+    "A short note. ",
+]
+QUERY = " Question: what do pears cost? Answer:"
+
+
+def run(engine, blocks, n=6):
+    engine.launcher.worker.eos = set()
+    req = engine.prepare("", QUERY, blocks=blocks, keep_logits=True, max_new_tokens=n)
+    return engine.run(req)
+
+
+def entry_files(folder: Path) -> list[Path]:
+    return sorted((folder / "rank0").glob("*.safetensors"))
+
+
+def cold(blocks):
+    with make_engine(attn_type="block") as eng:
+        return run(eng, blocks)
+
+
+def same(a, b):
+    assert a.tokens == b.tokens
+    assert len(a.logits) == len(b.logits) > 0
+    for x, y in zip(a.logits, b.logits):
+        assert torch.allclose(x, y, atol=1e-5), (x - y).abs().max()
+
+
+def _flip(files):
+    data = bytearray(files[0].read_bytes())
+    data[len(data) - 100] ^= 0xFF  # a byte of the KV payload
+    files[0].write_bytes(bytes(data))
+    return 1
+
+
+def _truncate(files):
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: len(data) // 2])
+    return 1
+
+
+def _swap(files):
+    a, b = files[0], files[2]
+    tmp = a.with_name("swap")
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+    return 2
+
+
+def _garbage(files):
+    files[3].write_bytes(b"not a cache file")
+    return 1
+
+
+@pytest.mark.parametrize("damage", [_flip, _truncate, _swap, _garbage], ids=["flipped", "truncated", "swapped",
+                                                                               "garbage"])
+def test_damaged_entries_are_misses_and_are_replaced(tmp_path, capfd, damage):
+    disk = tmp_path / "blocks"
+    order = PASSAGES[::-1]
+    ref = cold(order)
+    with make_engine(attn_type="block", block_cache_disk_dir=str(disk)) as eng:
+        run(eng, PASSAGES)
+    files = entry_files(disk)
+    assert len(files) == 4
+    bad = damage(files)
+    capfd.readouterr()
+    with make_engine(attn_type="block", block_cache_disk_dir=str(disk)) as eng:
+        got = run(eng, order)
+    err = capfd.readouterr().err
+    assert got.cache["misses"] == bad and got.cache["hits"] == 4 - bad
+    assert err.count("is unusable") == bad and "recomputing that block" in err, err
+    same(got, ref)  # never wrong KV: the same answer as a cold run
+    with make_engine(attn_type="block", block_cache_disk_dir=str(disk)) as eng:
+        again = run(eng, order)
+        hits = eng.launcher.worker.store.stats.hits
+    assert again.cache["hits"] == 4 and hits["disk"] == 4  # the recomputed entries replaced the bad files
+    same(again, ref)
+
+
+def test_disk_folder_alone_keeps_entries_with_the_default_budget(tmp_path):
+    disk = tmp_path / "blocks"
+    with make_engine(attn_type="block", block_cache_disk_dir=str(disk)) as eng:
+        first = run(eng, PASSAGES)
+    assert first.cache["misses"] == 4 and len(entry_files(disk)) == 4
+    for _ in range(2):  # a hit leaves the file in place: every later run starts warm
+        with make_engine(attn_type="block", block_cache_disk_dir=str(disk)) as eng:
+            warm = run(eng, PASSAGES)
+        assert warm.cache["hits"] == 4 and len(entry_files(disk)) == 4
+        same(warm, first)
+
+
+def test_entry_of_another_model_shape_is_a_miss(tmp_path, capfd):
+    disk = tmp_path / "d"
+    store = BlockStore(torch.device("cpu"), 1 << 20, 1 << 20, str(disk), 1 << 20, expect=(2, 2, 16),
+                       dtype=torch.float32)
+    store.put("k1", torch.randn(2, 2, 2, 5, 16), torch.ones(8))
+    store.close()
+    other = BlockStore(torch.device("cpu"), 1 << 20, 1 << 20, str(disk), 1 << 20, expect=(3, 2, 16),
+                       dtype=torch.float32)
+    assert other.get("k1", 5) is None
+    assert "does not fit this model" in capfd.readouterr().err
+    other.close()
+
+
+def test_disk_budget_evicts_least_recently_used_never_wipes(tmp_path):
+    kv = {k: torch.full((1, 2, 1, 64, 8), float(i)) for i, k in enumerate("abcd")}
+    one = None
+    tier = DiskTier(tmp_path, 10 ** 9, None, None, print)
+    tier.put("a", kv["a"], torch.ones(4))
+    tier.flush()
+    one = (tmp_path / "a.safetensors").stat().st_size
+    tier.close()
+    tier = DiskTier(tmp_path, int(2.5 * one), None, None, print)  # room for two entries
+    for k in "bc":
+        tier.put(k, kv[k], torch.ones(4))
+        tier.flush()
+    assert sorted(p.stem for p in tmp_path.glob("*.safetensors")) == ["b", "c"]  # a, the oldest, went
+    kv_b, _ = tier.load("b", 64)  # b is now the most recently used
+    assert torch.equal(kv_b, kv["b"])
+    tier.put("d", kv["d"], torch.ones(4))
+    tier.flush()
+    assert sorted(p.stem for p in tmp_path.glob("*.safetensors")) == ["b", "d"]
+    tier.close()
+    tier = DiskTier(tmp_path, int(2.5 * one), None, None, print)  # a restart keeps what fits, in LRU order
+    assert tier.count() == 2 and torch.equal(tier.load("d", 64)[0], kv["d"])
+    tier.close()
+
+
+def _block_rows(n):
+    return [{"index": i, "blocks": [f"Passage {i}.{j}: the value of item {i}{j} is {7 * i + j}. " for j in range(3)],
+             "input_query": f" What is the value of item {i}1?"} for i in range(n)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_keeps_every_written_entry(tmp_path, sig):
+    inp, out, disk = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "blocks"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in _block_rows(6)))
+    cmd = [sys.executable, str(ROOT / "run_star_attn_inference.py"), "--model_path", "random:tiny", "--attn_type",
+           "block", "--input_path", str(inp), "--output_path", str(out), "--tokens_to_generate", "300",
+           "--block_cache_disk_dir", str(disk), "--use_cache"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and out.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    done = [json.loads(line) for line in out.read_text().splitlines()]
+    assert 2 <= len(done) < 6
+    on_disk = len(entry_files(disk))
+    assert on_disk >= 3 * len(done)  # every finished sample's blocks are on disk
+    assert not list((disk / "rank0").glob(".tmp-*")) or sig == signal.SIGKILL
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = {r["index"]: r for r in (json.loads(line) for line in out.read_text().splitlines())}
+    assert sorted(rows) == list(range(6))
+    resumed = [rows[i] for i in sorted(rows) if i not in {r["index"] for r in done}]
+    # every entry the killed run left is a hit now; only the others are encoded again
+    assert sum(r["block_cache"]["misses"] for r in resumed) == 18 - on_disk
+    assert len(entry_files(disk)) == 18
