@@ -8,8 +8,8 @@ import sys
 
 from babilong.bench import BabilongBenchmark
 from babilong.tasks import DEFAULT_TASKS, TASKS
-from ruler.cli import run_cli
 from star_runtime.cli import run_main
+from star_runtime.harness.cli import run_cli
 
 
 def main(argv=None) -> int:

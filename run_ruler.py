@@ -6,10 +6,10 @@
 
 import sys
 
-from ruler.cli import run_cli
-from ruler.runner import RulerBenchmark
+from ruler.bench import RulerBenchmark
 from ruler.tasks import TASKS
 from star_runtime.cli import run_main
+from star_runtime.harness.cli import run_cli
 
 
 def main(argv=None) -> int:

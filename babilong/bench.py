@@ -1,8 +1,8 @@
-"""BABILong as a benchmark for ruler.runner.run_benchmark (same runner, tables and plots as RULER)."""
+"""BABILong as a benchmark for ruler.runner.run_benchmark (star_runtime/harness: the runner, tables and plots RULER uses too)."""
 
 from __future__ import annotations
 
-from ruler.runner import Benchmark
+from star_runtime.harness.runner import Benchmark
 
 from .generate import TOKENS_TO_GENERATE, generate_task
 from .metrics import accuracy

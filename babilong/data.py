@@ -6,7 +6,7 @@ import functools
 import random
 from pathlib import Path
 
-from star_runtime.config import ConfigError
+from star_runtime.errors import ConfigError
 
 from .tasks import TASK_FILES
 

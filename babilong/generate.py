@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import random
 
-from ruler.data import sentence_splitter
-from star_runtime.config import ConfigError
-from ruler.generate import fit_size
+from star_runtime.errors import ConfigError
+from star_runtime.harness.data import sentence_splitter
+from star_runtime.harness.fitting import fit_size
 
 from .data import babi_samples, background_sentences
 from .tasks import prompt_for

@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from star_runtime.block_mode import BlockSpec  # noqa: E402
-from star_runtime.config import RunConfig  # noqa: E402
+from star_runtime.config import add_flags, from_args  # noqa: E402
 from star_runtime.kv.block_store import block_key  # noqa: E402
+from star_runtime.modes.block import BlockSpec  # noqa: E402
 from star_runtime.models.loader import resolve_model  # noqa: E402
 from star_runtime.parallel.worker import Request, Worker  # noqa: E402
 
@@ -34,28 +34,31 @@ def block_request(passages, final, order, model_id):
         specs.append(BlockSpec(block_key(model_id, ids), tuple(ids), off, 0))
         off += len(ids)
     ctx = [t for s in specs for t in s.ids]
-    return Request(0, ctx, final, 1, blocks=specs)
+    return Request(0, ctx, final, 1, mode="block", blocks=specs)
+
+
+def run(worker, req):
+    return worker.run_batch([req])[0]
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default="random:llama3-8b")
     p.add_argument("--lengths", nargs="+", type=int, default=[4096, 8192, 16384, 32768])
     p.add_argument("--passage", type=int, default=512)
     p.add_argument("--final", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--cache_gib", type=float, default=24.0)
     p.add_argument("--profile", type=int, default=0, help="profile one warm run at this length")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--out", default=None)
+    add_flags(p, exclude=("attn_type", "num_workers", "ignore_eos", "block_cache_gpu_gib", "block_cache_cpu_gib"),
+              defaults={"model_path": "random:llama3-8b", "device": "cuda", "dtype": "bfloat16"},
+              extra_flags={"model_path": ("--model",)})
     a = p.parse_args()
+    a.model = a.model_path
 
-    cfg = RunConfig(model_path=a.model, attn_type="block", device=a.device, dtype=a.dtype,
-                    block_cache_gpu_gib=a.cache_gib, block_cache_cpu_gib=0).validate()
+    cfg = from_args(a, attn_type="block", block_cache_gpu_gib=a.cache_gib, block_cache_cpu_gib=0,
+                    ignore_eos=True).validate()
     worker = Worker(cfg, resolve_model(a.model), 0, 1)
-    worker.eos = set()
-    dense_cfg = cfg.replace(attn_type="dense")
     card = torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu"
     g = torch.Generator().manual_seed(0)
     rand = lambda n: torch.randint(100, 30000, (n,), generator=g).tolist()  # noqa: E731
@@ -63,24 +66,21 @@ def main():
     # warm-up (kernels, compile of the fused re-encoding)
     wp = [rand(a.passage) for _ in range(4)]
     for order in ([0, 1, 2, 3], [3, 2, 1, 0]):
-        worker.run(block_request(wp, rand(a.final), order, "warm"))
-    worker.cfg = dense_cfg
-    worker.run(Request(0, rand(2048), rand(a.final), 1))
-    worker.cfg = cfg
+        run(worker, block_request(wp, rand(a.final), order, "warm"))
+    run(worker, Request(0, rand(2048), rand(a.final), 1, mode="dense"))
     for length in a.lengths:
         n = length // a.passage
         passages = [rand(a.passage) for _ in range(n)]
         final = rand(a.final)
         mid = f"bench-{length}"
-        cold = worker.run(block_request(passages, final, list(range(n)), mid))
+        cold = run(worker, block_request(passages, final, list(range(n)), mid))
         warm = []
         for _ in range(a.repeats):
             order = torch.randperm(n, generator=g).tolist()
-            warm.append(worker.run(block_request(passages, final, order, mid)))
+            warm.append(run(worker, block_request(passages, final, order, mid)))
         assert all(w.cache["misses"] == 0 for w in warm)
-        worker.cfg = dense_cfg
-        dense = [worker.run(Request(0, [t for pp in passages for t in pp], final, 1)) for _ in range(3)]
-        worker.cfg = cfg
+        dense = [run(worker, Request(0, [t for pp in passages for t in pp], final, 1, mode="dense"))
+                 for _ in range(3)]
         ttft = lambda r: r.phase1_s + r.first_token_s  # noqa: E731
         row = {
             "context": n * a.passage + a.final, "passages": n, "passage_tokens": a.passage, "final_tokens": a.final,
@@ -99,7 +99,7 @@ def main():
 
             order = torch.randperm(n, generator=g).tolist()
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                worker.run(block_request(passages, final, order, mid))
+                run(worker, block_request(passages, final, order, mid))
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18))
             print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))
     print(f"\n{'context':>8} {'warm TTFT ms':>12} {'(phase1':>8} {'final)':>7} {'cold ms':>8} {'dense ms':>9} "

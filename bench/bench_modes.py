@@ -23,19 +23,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from flop_model import Shape, predicted_speedup, ring_flops, star_flops  # noqa: E402
-from star_runtime.config import RunConfig  # noqa: E402
+from star_runtime.config import add_flags, from_args  # noqa: E402
 from star_runtime.fused import layers_compiled  # noqa: E402
 from star_runtime.models.loader import resolve_model  # noqa: E402
-from star_runtime.parallel.worker import Request, Worker  # noqa: E402
+from star_runtime.parallel.worker import Options, Request, Worker  # noqa: E402
 
 
-def profile_phase1(worker, ctx, qry, rank):
+def profile_phase1(worker, ctx, qry, rank, mode, opts):
     """torch profiler over one run; rank 0 prints the kernels that take the GPU time."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if worker.device.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        worker.run(Request(0, ctx, qry, 2))
+        worker.run_batch([Request(0, ctx, qry, 2, mode=mode)], opts)
     if rank == 0:
         key = "cuda_time_total" if worker.device.type == "cuda" else "cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=15), flush=True)
@@ -74,42 +74,34 @@ def hf_row(worker, ctx, qry, decode_tokens, length, a, card):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default="random:llama3-8b")
     p.add_argument("--modes", nargs="+", default=["star"])
     p.add_argument("--lengths", nargs="+", type=int, default=[16384, 32768])
-    p.add_argument("--block_size", type=int, default=-1, help="star block (-1: length / workers)")
-    p.add_argument("--anchor_block_size", type=int, default=-1)
     p.add_argument("--query_tokens", type=int, default=64)
     p.add_argument("--decode_tokens", type=int, default=33)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--cases", nargs="+", default=None,
                    help="LENGTH:BLOCK pairs (BLOCK -1 = length / workers); overrides --lengths/--block_size")
-    p.add_argument("--max_batch_tokens", type=int, default=0, help="star: cap on tokens per batch of blocks")
     p.add_argument("--profile", default=None, help="MODE:LENGTH to profile phase 1 once (rank 0 prints the table)")
     p.add_argument("--peak_tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100/H200 SXM)")
     p.add_argument("--decodes", nargs="+", default=["graph"], help="decode paths to time: eager static graph")
     p.add_argument("--hf_baseline", action="store_true",
                    help="also time the stock transformers model (SDPA, DynamicCache) prefill + decode, 1 worker")
-    p.add_argument("--gpus_per_worker", type=int, default=1,
-                   help="GPUs per worker (layers split in order; decode with --decodes static)")
-    p.add_argument("--prefill_layers", default="auto", choices=["auto", "compiled", "eager"],
-                   help="phase 1's decoder layers: auto = torch.compile'd on GPUs")
     p.add_argument("--out", default=None)
+    add_flags(p, exclude=("attn_type", "tokens_to_generate", "num_workers", "ignore_eos"),
+              defaults={"model_path": "random:llama3-8b", "device": "cuda", "dtype": "bfloat16"},
+              extra_flags={"model_path": ("--model",)})
     a = p.parse_args()
+    a.model = a.model_path
 
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
-    cfg = RunConfig(model_path=a.model, attn_type=a.modes[0], num_workers=world, device=a.device, dtype=a.dtype,
-                    block_size=a.block_size, anchor_block_size=a.anchor_block_size,
-                    tokens_to_generate=a.decode_tokens, max_batch_tokens=a.max_batch_tokens,
-                    gpus_per_worker=a.gpus_per_worker, prefill_layers=a.prefill_layers).validate()
+    # random weights: always generate the full count
+    cfg = from_args(a, attn_type=a.modes[0], num_workers=world, tokens_to_generate=a.decode_tokens,
+                    ignore_eos=True).validate()
     cases = [tuple(int(x) for x in c.split(":")) for c in a.cases] if a.cases else \
         [(n, a.block_size) for n in a.lengths]
     t0 = time.time()
     worker = Worker(cfg, resolve_model(a.model), rank, world, "env://" if world > 1 else None)
-    worker.eos = set()  # random weights: always generate the full count
     load_s = time.time() - t0
     dev = worker.device
     card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
@@ -121,9 +113,9 @@ def main():
     for mode in a.modes:
         for dec, block in [(d, b) for d in a.decodes
                            for b in ([-1, 2048 // (3 * world)] if mode == "star" else [-1])]:
-            worker.cfg, worker.decode = cfg.replace(attn_type=mode, block_size=block), dec
-            worker.run(Request(-1, torch.randint(100, 30000, (2048,), generator=g).tolist(),
-                               torch.randint(100, 30000, (a.query_tokens,), generator=g).tolist(), 4))
+            worker.run_batch([Request(-1, torch.randint(100, 30000, (2048,), generator=g).tolist(),
+                                      torch.randint(100, 30000, (a.query_tokens,), generator=g).tolist(), 4,
+                                      mode=mode)], Options(block_size=block, decode=dec))
     shape = Shape.from_config(worker.model.config)
     for length, block in cases:
         ctx = torch.randint(100, 30000, (length,), generator=g).tolist()
@@ -137,13 +129,13 @@ def main():
             if mode != "star" and any(r["mode"] == mode and r["context"] == length and r["decode"] == dec
                                       for r in rows):
                 continue  # dense/ring do not depend on the block size: one run per length
-            worker.cfg, worker.decode = cfg.replace(attn_type=mode, block_size=block), dec
+            opts = Options(block_size=block, decode=dec)
             if a.profile == f"{mode}:{length}" and dec == a.decodes[0]:
-                profile_phase1(worker, ctx, qry, rank)
+                profile_phase1(worker, ctx, qry, rank, mode, opts)
             reps = []
             for _ in range(a.repeats):
                 torch.cuda.reset_peak_memory_stats(dev) if dev.type == "cuda" else None
-                r = worker.run(Request(0, ctx, qry, a.decode_tokens))
+                r = worker.run_batch([Request(0, ctx, qry, a.decode_tokens, mode=mode)], opts)[0]
                 peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else 0.0
                 reps.append((r, peak))
             best = min(reps, key=lambda x: x[0].phase1_s)

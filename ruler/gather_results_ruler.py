@@ -4,7 +4,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ruler.results_table import cli  # noqa: E402
+from star_runtime.harness.tables import cli  # noqa: E402
 
 
 def main(argv=None):

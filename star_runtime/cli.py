@@ -43,7 +43,7 @@ def _stop(signum, _frame):
 def run_main(fn, argv) -> int:
     """Run a job; a bad setting or input ends with its one-line message and exit code 2. SIGTERM and Ctrl-C
     stop it cleanly: finished results are on disk, pending block-cache writes are flushed, workers stop."""
-    from .parallel.launchers import WorkerFailure
+    from .errors import WorkerFailure
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)

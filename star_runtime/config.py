@@ -1,64 +1,105 @@
-"""One dataclass holding every knob of a run, validated with one clear error line per problem."""
+"""Every knob of a run, declared once: one field of RunConfig each, with its group, help and flags.
+
+The command lines of inference, RULER, BABILong, the RAG evaluation and the benches are generated from these
+declarations (``add_flags``, ``from_args``), so a new knob is one field plus its use. ``validate`` checks a
+whole config and names any problem in one line with its fix.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
+
+from .errors import ConfigError, WorkerFailure  # noqa: F401  (re-exported: the one place both live)
 
 ATTN_TYPES = ("dense", "ring", "star", "block")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
 PREFILL_LAYERS = ("auto", "compiled", "eager")
+DECODE_MODES = ("auto", "eager", "static", "graph")
 LAUNCHERS = ("ray", "torchrun")
 DISK_GIB_DEFAULT = 32.0  # block cache disk tier budget per worker when only the folder is given
 
+GROUPS = {
+    "model": "model",
+    "layout": "context layout (attention mode, star blocks, block mode)",
+    "generation": "generation",
+    "decode": "decode and batching",
+    "compile": "compilation",
+    "block_cache": "block KV cache (block mode)",
+    "launch": "workers and launch",
+}
 
-class ConfigError(ValueError):
-    """A bad setting or bad input. Its message is one line that names the problem and the fix."""
+
+def knob(default, help: str, group: str, flags: tuple[str, ...] = (), choices=None, metavar=None):
+    """A RunConfig field with its command-line declaration."""
+    meta = {"help": help, "group": group, "flags": flags, "choices": choices, "metavar": metavar}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class RunConfig:
-    """Everything a run needs; one instance is shipped to every worker.
+    """Everything a run needs; one instance is shipped to every worker. See each field's help."""
 
-    model_path: local HF directory, a `.gguf` file, `random:<name>`, or None for the bundled SmolLM2.
-    attn_type: dense | ring | star.
-    block_size: star context block length in tokens; -1 = context length / num_workers (as the reference).
-    anchor_block_size: star anchor length; -1 = block_size (as the reference).
-    num_blocks: star; > 0 cuts each context into this many blocks (block = ceil(length / num_blocks)) instead
-        of a fixed block_size; 0 = use block_size.
-    """
-
-    model_path: str | None = None
-    attn_type: str = "star"
-    block_size: int = -1
-    anchor_block_size: int = -1
-    num_blocks: int = 0
-    tokens_to_generate: int = 32
-    stop_words: list[str] = field(default_factory=list)
-    num_workers: int = 1
-    gpus_per_worker: int = 1  # > 1: the worker's model layers are split over that many GPUs (big models)
-    device: str = "cpu"
-    dtype: str = "auto"
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    chat_template: bool = False
-    launcher: str = "ray"
-    ray_address: str | None = None
-    collective_timeout_s: float = 600.0
-    stall_timeout_s: float = 30.0  # a worker without heartbeat, or without progress inside a step, this long fails
-    max_batch_tokens: int = 0  # star phase 1: cap on tokens per batch of blocks (0: all of a worker's blocks)
-    decode: str = "auto"  # auto | eager | static | graph (CUDA graph per batch; auto = graph on GPUs)
-    prefill_layers: str = "auto"  # auto | compiled | eager (phase 1's decoder layers; auto = compiled on GPUs)
-    # block mode (Block-Attention): passages encoded alone, cached, re-encoded to their offsets
-    block_delimiter: str = "\n\n"
-    num_local_attention_blocks: int = -1  # first N blocks local, the rest folded into the final block; -1 = all
-    block_cache_gpu_gib: float = 4.0  # per worker; the device tier (host memory when --device cpu)
-    block_cache_cpu_gib: float = 8.0
-    block_cache_disk_dir: str | None = None
-    block_cache_disk_gib: float | None = None  # per worker; None: DISK_GIB_DEFAULT when a folder is given
+    # model
+    model_path: str | None = knob(None, "HF model folder, .gguf file or random:<name>; default: the bundled "
+                                        "SmolLM2-135M-Instruct", "model", ("-p",))
+    device: str = knob("cpu", "cpu (gloo) or cuda (NCCL)", "model", choices=DEVICES)
+    dtype: str = knob("auto", "auto = bfloat16 on cuda, float32 on cpu", "model", choices=DTYPES)
+    # layout
+    attn_type: str = knob("star", "dense, ring, star or block", "layout", ("-a",), choices=ATTN_TYPES)
+    block_size: int = knob(-1, "star context block length in tokens (-1: context length / workers)", "layout",
+                           ("-bs",))
+    anchor_block_size: int = knob(-1, "star anchor length (-1: the block size)", "layout", ("-as",))
+    num_blocks: int = knob(0, "star: cut each context into N blocks, block = ceil(length / N) (instead of "
+                              "--block_size)", "layout", ("-nb",))
+    max_batch_tokens: int = knob(0, "star: at most this many tokens per phase-1 batch of blocks (0: all of a "
+                                    "worker's blocks)", "layout")
+    block_delimiter: str = knob("\n\n", "block mode: passages of input_context are cut at this text "
+                                          "(default a blank line)", "layout")
+    num_local_attention_blocks: int = knob(-1, "block mode: the first N blocks encoded alone, the rest folded into "
+                                               "the final block (full attention); -1 = all, 0 = dense", "layout")
+    # generation
+    tokens_to_generate: int = knob(32, "generation cap", "generation")
+    stop_words: list[str] = knob([], r"comma-separated stop words; \, is a comma inside one", "generation")
+    temperature: float = knob(0.0, "0 = greedy", "generation")
+    top_p: float = knob(1.0, "nucleus sampling mass", "generation")
+    seed: int = knob(0, "sampling seed (each sample adds its own)", "generation")
+    chat_template: bool = knob(False, "wrap context + query in the model's chat template", "generation")
+    ignore_eos: bool = knob(False, "generate every token up to --tokens_to_generate, past end-of-sequence "
+                                   "(benchmarks)", "generation")
+    # decode and batching
+    decode: str = knob("auto", "decode steps: auto (a CUDA graph per batch on GPUs, eager on CPU), eager, static, "
+                               "graph", "decode", choices=DECODE_MODES)
+    batch_size: int = knob(1, "samples decoded together (phase 1 runs per sample; decode steps are batched)",
+                           "decode")
+    # compilation
+    prefill_layers: str = knob("auto", "phase 1's decoder layers: auto (torch.compile'd on GPUs, about a minute to "
+                                       "compile an 8B model once per process; eager on CPU), compiled, eager",
+                               "compile", choices=PREFILL_LAYERS)
+    # block cache
+    block_cache_gpu_gib: float = knob(4.0, "block KV cache, device tier, per worker", "block_cache")
+    block_cache_cpu_gib: float = knob(8.0, "block KV cache, CPU tier, per worker", "block_cache")
+    block_cache_disk_dir: str | None = knob(None, "block KV cache, optional disk tier folder (entries written as "
+                                                  "they are made, verified when read, kept across runs)",
+                                            "block_cache")
+    block_cache_disk_gib: float | None = knob(None, f"disk tier budget per worker, least recently used entries "
+                                                    f"out first (default {DISK_GIB_DEFAULT:g})", "block_cache")
+    # workers and launch
+    num_workers: int = knob(1, "workers (one per GPU on cuda); dense uses one", "launch", ("-np",))
+    gpus_per_worker: int = knob(1, "GPUs per worker: > 1 splits the model's layers over them (a model too big "
+                                   "for one GPU)", "launch")
+    launcher: str = knob("ray", "ray actors (default), or this process is a torchrun/srun rank (env://)",
+                         "launch", choices=LAUNCHERS)
+    ray_address: str | None = knob(None, "existing Ray cluster (default: start a local one)", "launch")
+    stall_timeout_s: float = knob(30.0, "a worker that sends no heartbeat, or makes no progress inside a step, "
+                                        "for this long ends the run naming it (0: off)", "launch")
+    collective_timeout_s: float = knob(600.0, "torch.distributed collective timeout", "launch")
 
     def validate(self) -> "RunConfig":
         if self.attn_type not in ATTN_TYPES:
@@ -71,7 +112,9 @@ class RunConfig:
             raise ConfigError(f"unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.launcher not in LAUNCHERS:
             raise ConfigError(f"unknown launcher {self.launcher!r}; choose ray or torchrun")
-        if self.decode not in ("auto", "eager", "static", "graph"):
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch_size must be >= 1 (got {self.batch_size})")
+        if self.decode not in DECODE_MODES:
             raise ConfigError(f"unknown --decode {self.decode!r}; choose auto, eager, static or graph")
         if self.prefill_layers not in PREFILL_LAYERS:
             raise ConfigError(f"unknown --prefill_layers {self.prefill_layers!r}; choose auto, compiled or eager")
@@ -151,5 +194,84 @@ class RunConfig:
     def replace(self, **kw) -> "RunConfig":
         return dataclasses.replace(self, **kw)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+
+def parse_stop_words(text: str) -> list[str]:
+    r"""'a,b' -> ['a', 'b']; '\,' is a comma inside a stop word, '\\' a backslash; empty items are dropped."""
+    words, cur, i = [], "", 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text) and text[i + 1] in ",\\":
+            cur += text[i + 1]
+            i += 2
+            continue
+        if c == ",":
+            words.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    words.append(cur)
+    return [w for w in words if w]
+
+
+def _unescape(text: str) -> str:
+    r"""--block_delimiter typed on a command line: '\n', '\t' and '\\' become a newline, a tab, a backslash."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def add_flags(parser: argparse.ArgumentParser, exclude=(), defaults: dict | None = None,
+              extra_flags: dict | None = None) -> argparse.ArgumentParser:
+    """Add every RunConfig knob as a flag, grouped; ``exclude``: fields a command sets itself; ``defaults``:
+    this command's own defaults; ``extra_flags``: more option strings for a field (e.g. a bench's --model)."""
+    defaults = defaults or {}
+    extra_flags = extra_flags or {}
+    groups = {}
+    for f in dataclasses.fields(RunConfig):
+        if f.name in exclude:
+            continue
+        meta = f.metadata
+        g = meta["group"]
+        if g not in groups:
+            groups[g] = parser.add_argument_group(GROUPS[g])
+        names = [f"--{f.name}", *meta["flags"], *extra_flags.get(f.name, ())]
+        default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        hint = _HINTS[f.name]
+        kw = dict(default=default, help=meta["help"], dest=f.name)
+        if hint is bool:
+            kw["action"] = "store_true"
+        else:
+            base = {int: int, float: float, str: str}.get(hint, None)
+            if base is None:  # optional / list fields
+                base = float if hint == (float | None) else str
+            if f.name == "stop_words" and isinstance(default, list):
+                kw["default"] = ",".join(w.replace("\\", "\\\\").replace(",", "\\,") for w in default)
+            kw["type"] = base
+            if meta["choices"]:
+                kw["choices"] = list(meta["choices"])
+        groups[g].add_argument(*names, **kw)
+    return parser
+
+
+def from_args(ns: argparse.Namespace, **overrides) -> RunConfig:
+    """The RunConfig of parsed flags (fields a command excluded keep their defaults unless overridden)."""
+    kw = {}
+    for f in dataclasses.fields(RunConfig):
+        if hasattr(ns, f.name):
+            kw[f.name] = getattr(ns, f.name)
+    if isinstance(kw.get("stop_words"), str):
+        kw["stop_words"] = parse_stop_words(kw["stop_words"])
+    if isinstance(kw.get("block_delimiter"), str):
+        kw["block_delimiter"] = _unescape(kw["block_delimiter"])
+    kw.update(overrides)
+    return RunConfig(**kw)

@@ -26,17 +26,16 @@ def needle_prompt(tokenizer, context_tokens: int, depth: float = 0.5, seed: int 
 
 
 def main(argv=None) -> int:
+    from .config import add_flags, from_args
     from .engine import Engine
-    from .infer import add_run_flags, config_from_args
 
     p = argparse.ArgumentParser(description="Needle-in-a-haystack demo on the bundled model.")
-    add_run_flags(p)
+    add_flags(p, defaults={"num_workers": 2, "tokens_to_generate": 24, "chat_template": True})
     p.add_argument("--context_tokens", type=int, default=2000)
     p.add_argument("--depth", type=float, default=0.5, help="needle position, 0 (start) .. 1 (end)")
-    p.set_defaults(num_workers=2, tokens_to_generate=24, chat_template=True)
     p.add_argument("--no_chat_template", dest="chat_template", action="store_false")
     a = p.parse_args(argv)
-    cfg: RunConfig = config_from_args(a)
+    cfg: RunConfig = from_args(a)
     with Engine(cfg) as engine:
         context, query, answer = needle_prompt(engine.tokenizer, a.context_tokens, a.depth)
         rec = engine.generate(context, query)

@@ -35,12 +35,24 @@ def random_ids(n: int, seed: int, low: int = 100, high: int = 40000) -> list[int
     return torch.randint(low, high, (n,), generator=g).tolist()
 
 
-def run_ids(engine: Engine, ctx: list[int], query: list[int], new_tokens: int, index=0):
-    """Run token ids straight through an engine's workers; returns the host's reply (with logits)."""
+def run_ids(engine: Engine, ctx: list[int], query: list[int], new_tokens: int, index=0, **kw):
+    """Run token ids straight through an engine's workers (the run's mode); returns the host's reply, with the
+    logits of every step. kw: more Request fields (extra_eos, prefill_logits...)."""
     from star_runtime.parallel.worker import Request
 
-    return engine.run(Request(index, ctx, query, new_tokens, keep_logits=True))
+    return engine.run(Request(index, ctx, query, new_tokens, keep_logits=True, **kw))
 
 
 def make_engine(model="random:tiny", **kw) -> Engine:
+    """An engine on a (tiny random) model. Exactness tests compare full-length generations, so EOS is ignored
+    unless a test asks for it (ignore_eos=False)."""
+    kw.setdefault("ignore_eos", True)
     return Engine(RunConfig(model_path=model, **kw))
+
+
+def assert_same_steps(a_logits: list, b_logits: list, atol: float, rtol: float = 0.0) -> None:
+    """Two runs' per-step logits agree: first the same, non-zero number of steps, then every step within
+    atol (+ rtol)."""
+    assert len(a_logits) == len(b_logits) > 0, (len(a_logits), len(b_logits))
+    for i, (a, b) in enumerate(zip(a_logits, b_logits)):
+        assert torch.allclose(a, b, atol=atol, rtol=rtol), (i, (a - b).abs().max().item())

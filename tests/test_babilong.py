@@ -11,7 +11,7 @@ from babilong.data import babi_samples
 from babilong.generate import generate_task
 from babilong.metrics import compare_answers
 from babilong.tasks import LABELS
-from ruler.templates import split_template
+from star_runtime.harness.templates import split_template
 
 sys.path.insert(0, str(ROOT))
 pytestmark = needs_data("babilong")

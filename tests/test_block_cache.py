@@ -3,7 +3,6 @@ foreign files are misses, recomputed and replaced, never wrong KV), written as t
 hit, kept across kill -9 and SIGTERM, and evicted least-recently-used under a budget, never wiped."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,6 @@ QUERY = " Question: what do pears cost? Answer:"
 
 
 def run(engine, blocks, n=6):
-    engine.launcher.worker.eos = set()
     req = engine.prepare("", QUERY, blocks=blocks, keep_logits=True, max_new_tokens=n)
     return engine.run(req)
 
@@ -95,7 +93,7 @@ def test_damaged_entries_are_misses_and_are_replaced(tmp_path, capfd, damage):
     same(got, ref)  # never wrong KV: the same answer as a cold run
     with make_engine(attn_type="block", block_cache_disk_dir=str(disk)) as eng:
         again = run(eng, order)
-        hits = eng.launcher.worker.store.stats.hits
+        hits = eng.launcher.worker.cache_summary()["hits"]
     assert again.cache["hits"] == 4 and hits["disk"] == 4  # the recomputed entries replaced the bad files
     same(again, ref)
 

@@ -45,14 +45,9 @@ def run(engine, blocks, query=QUERY, n=6):
     return req, engine.run(req)
 
 
-def no_eos(engine):
-    engine.launcher.worker.eos = set()
-
-
 @pytest.mark.parametrize("model", ["random:tiny", "random:tiny-qwen2"])
 def test_block_mode_equals_full_forward_with_block_mask(model):
     with make_engine(model, attn_type="block") as eng:
-        no_eos(eng)
         req, rep = run(eng, PASSAGES)
         ids = [list(b.ids) for b in req.blocks]
         ref_tokens, ref_logits = block_mask_reference(eng, ids, req.query_ids, 6)
@@ -66,10 +61,8 @@ def test_block_mode_equals_full_forward_with_block_mask(model):
 def test_one_block_equals_dense():
     text = "".join(PASSAGES)
     with make_engine(attn_type="dense") as eng:
-        no_eos(eng)
         dense = eng.run(eng.prepare(text, QUERY, keep_logits=True, max_new_tokens=6))
     with make_engine(attn_type="block") as eng:
-        no_eos(eng)
         _, one = run(eng, [text])
         # N = 0: every block is folded into the final block, which is plain causal attention (dense) over
         # the blocks' tokens (each block tokenized on its own)
@@ -87,7 +80,6 @@ def test_one_block_equals_dense():
 
 def test_seamless_switching_first_blocks_local_rest_global():
     with make_engine(attn_type="block", num_local_attention_blocks=2) as eng:
-        no_eos(eng)
         req, rep = run(eng, PASSAGES)
         assert len(req.blocks) == 2
         ids = [list(b.ids) for b in req.blocks]
@@ -99,11 +91,9 @@ def test_seamless_switching_first_blocks_local_rest_global():
 def test_cache_hit_equals_miss_at_new_offsets():
     order = [PASSAGES[2], PASSAGES[0], PASSAGES[3], PASSAGES[1]]
     with make_engine(attn_type="block") as cold:
-        no_eos(cold)
         _, miss = run(cold, order)
     assert miss.cache["misses"] == 4 and miss.cache["hits"] == 0
     with make_engine(attn_type="block") as warm:
-        no_eos(warm)
         run(warm, PASSAGES)  # encodes every passage at other offsets
         _, hit = run(warm, order)
     assert hit.cache["hits"] == 4 and hit.cache["misses"] == 0
@@ -115,14 +105,12 @@ def test_cache_hit_equals_miss_at_new_offsets():
 @pytest.mark.parametrize("disk", [False, True])
 def test_tiny_budget_evicts_and_stays_correct(tmp_path, disk):
     with make_engine(attn_type="block") as ref_eng:
-        no_eos(ref_eng)
         refs = [run(ref_eng, PASSAGES[i:] + PASSAGES[:i])[1] for i in range(4)]
     one_block = 2 * 2 * 2 * 20 * 16 * 4  # layers * (k, v) * heads * ~20 tokens * head_dim * fp32
     kw = dict(block_cache_gpu_gib=one_block / 2**30, block_cache_cpu_gib=one_block / 2**30)
     if disk:
         kw.update(block_cache_disk_dir=str(tmp_path / "blocks"), block_cache_disk_gib=1e-3)
     with make_engine(attn_type="block", **kw) as eng:
-        no_eos(eng)
         got = [run(eng, PASSAGES[i:] + PASSAGES[:i])[1] for i in range(4)]
         again = run(eng, PASSAGES)[1]
         summary = eng.launcher.worker.cache_summary()
@@ -155,16 +143,12 @@ def test_delimiter_split_keeps_text_and_blocks():
 
 
 def test_two_workers_place_repeated_blocks_on_their_holder_and_match_one_worker(ray_session):
-    import ray
 
     first = PASSAGES[:3]
     second = [PASSAGES[3], PASSAGES[2], PASSAGES[0]]
     with make_engine(attn_type="block") as one:
-        no_eos(one)
         ref = run(one, second)[1]
     with make_engine(attn_type="block", num_workers=2) as eng:
-        ray.get([a.__ray_call__.remote(lambda self: setattr(self.worker, "eos", set()))
-                 for a in eng.launcher.actors])
         req1, rep1 = run(eng, first)
         homes = {b.key: b.rank for b in req1.blocks}
         assert set(homes.values()) == {0, 1}  # spread over both workers
@@ -181,11 +165,9 @@ def test_two_workers_place_repeated_blocks_on_their_holder_and_match_one_worker(
 def test_disk_tier_makes_the_next_run_start_warm(tmp_path):
     kw = dict(attn_type="block", block_cache_disk_dir=str(tmp_path / "blocks"), block_cache_disk_gib=0.01)
     with make_engine(**kw) as first:
-        no_eos(first)
         _, cold = run(first, PASSAGES)
     assert cold.cache["misses"] == 4
     with make_engine(**kw) as second:
-        no_eos(second)
         _, warm = run(second, PASSAGES[::-1])
-        hits = second.launcher.worker.store.stats.hits
+        hits = second.launcher.worker.cache_summary()["hits"]
     assert warm.cache["hits"] == 4 and warm.cache["misses"] == 0 and hits["disk"] == 4

@@ -11,7 +11,7 @@ import pytest
 from star_runtime import fused
 from star_runtime.config import ConfigError, RunConfig
 from star_runtime.attention import hooks
-from star_runtime.phase1 import encode_star, star_plan
+from star_runtime.modes.star import encode_star, star_plan
 from test_star_anchor import FakeGroup, kv, model  # noqa: F401  (the module's model fixture)
 
 

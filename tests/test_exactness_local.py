@@ -28,7 +28,6 @@ def hf_reference(engine, ctx, query, new_tokens):
 def test_dense_equals_stock_model(model):
     ctx, query = random_ids(150, 1), random_ids(9, 2)
     with make_engine(model, attn_type="dense") as eng:
-        eng.launcher.worker.eos = set()  # compare full-length generations
         rep = run_ids(eng, ctx, query, 12)
         ref_logits, ref_tokens = hf_reference(eng, ctx, query, 12)
     assert torch.allclose(rep.logits[0], ref_logits, atol=1e-4), (rep.logits[0] - ref_logits).abs().max()
@@ -41,7 +40,6 @@ def test_bundled_smollm2_dense_equals_stock_model():
         ctx = tok.encode("The capital of France is Paris. The capital of Italy is Rome. " * 20,
                          add_special_tokens=False)
         query = tok.encode("The capital of Italy is", add_special_tokens=False)
-        eng.launcher.worker.eos = set()
         rep = run_ids(eng, ctx, query, 8)
         ref_logits, ref_tokens = hf_reference(eng, ctx, query, 8)
     assert torch.allclose(rep.logits[0], ref_logits, atol=1e-3, rtol=1e-4)
@@ -53,10 +51,8 @@ def test_bundled_smollm2_dense_equals_stock_model():
 def test_star_single_block_equals_dense(model):
     ctx, query = random_ids(120, 3), random_ids(6, 4)
     with make_engine(model, attn_type="dense") as eng:
-        eng.launcher.worker.eos = set()
         dense = run_ids(eng, ctx, query, 10)
     with make_engine(model, attn_type="star", block_size=128) as eng:
-        eng.launcher.worker.eos = set()
         star = run_ids(eng, ctx, query, 10)
     assert star.tokens == dense.tokens
     for a, b in zip(star.logits, dense.logits):

@@ -27,24 +27,33 @@ def test_truncate_at_stop_words():
 def test_stop_word_and_eos_end_generation(decode):
     ctx, query = random_ids(40, 1), random_ids(4, 2)
     with make_engine(attn_type="dense", decode=decode) as eng:
-        worker = eng.launcher.worker
-        worker.eos = set()
         full = run_ids(eng, ctx, query, 12)
-        # EOS: declare the 4th generated token an end-of-sequence id
-        worker.eos = {full.tokens[3]}
-        cut = run_ids(eng, ctx, query, 12)
+    with make_engine(attn_type="dense", decode=decode, ignore_eos=False) as eng:
+        # EOS: declare the 4th generated token an end-of-sequence id of the request
+        cut = run_ids(eng, ctx, query, 12, extra_eos=[full.tokens[3]])
         n = len(cut.tokens)
         assert cut.stopped_by == "eos" and n <= 3 and cut.tokens == full.tokens[:n]
-        # stop word: the text of a later token that does not occur earlier
-        worker.eos = set()
         dec = eng.tokenizer.decode
-        i = next(i for i in range(3, 12) if dec(full.tokens[i:i + 1]).strip()
-                 and dec(full.tokens[i:i + 1]).strip() not in dec(full.tokens[:i]))
-        word = dec(full.tokens[i:i + 1]).strip()
-        worker.cfg.stop_words = eng.cfg.stop_words = [word]
+    # stop word: the text of a later token that does not occur earlier
+    i = next(i for i in range(3, 12) if dec(full.tokens[i:i + 1]).strip()
+             and dec(full.tokens[i:i + 1]).strip() not in dec(full.tokens[:i]))
+    word = dec(full.tokens[i:i + 1]).strip()
+    with make_engine(attn_type="dense", decode=decode, stop_words=[word]) as eng:
         rep = run_ids(eng, ctx, query, 12)
         assert rep.stopped_by == "stop_word" and len(rep.tokens) == i + 1
         assert eng.record(eng.prepare("x", "y"), rep)["pred"] == dec(full.tokens[:i], skip_special_tokens=True).strip()
+
+
+def test_ignore_eos_is_a_run_option():
+    ctx, query = random_ids(40, 1), random_ids(4, 2)
+    with make_engine(attn_type="dense") as eng:
+        full = run_ids(eng, ctx, query, 12)
+    eos = full.tokens[2]
+    with make_engine(attn_type="dense", ignore_eos=False) as eng:
+        assert run_ids(eng, ctx, query, 12, extra_eos=[eos]).stopped_by == "eos"
+    with make_engine(attn_type="dense", ignore_eos=True) as eng:
+        past = run_ids(eng, ctx, query, 12, extra_eos=[eos])
+    assert past.stopped_by == "length" and past.tokens == full.tokens
 
 
 def test_chat_template_split_keeps_context_then_query():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from star_runtime.attention.ring import zigzag_positions
-from star_runtime.phase1 import star_plan
+from star_runtime.modes.ring import zigzag_positions
+from star_runtime.modes.star import star_plan
 
 
 @pytest.mark.parametrize("length,world", [(1, 1), (5, 3), (100, 2), (101, 3), (4096, 4), (7, 8)])

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import make_engine, random_ids, run_ids
 from star_runtime import progress
-from star_runtime.parallel.launchers import WorkerFailure
+from star_runtime.errors import WorkerFailure
 from star_runtime.parallel.liveness import Watchdog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_ray_worker_stuck_inside_a_step_ends_the_run(ray_session):
 
     with make_engine(attn_type="ring", num_workers=2, stall_timeout_s=4) as eng:
         def hang(self):
-            self.worker._encode = lambda req: time.sleep(120)  # beats go on, progress stops
+            self.worker._run_batch = lambda reqs, opts: time.sleep(120)  # beats go on, progress stops
 
         ray.get(eng.launcher.actors[0].__ray_call__.remote(hang))
         t0 = time.time()

@@ -16,7 +16,7 @@ import pytest
 from star_runtime.cli import run_main
 from star_runtime.config import ConfigError
 from star_runtime.infer import main as infer_main
-from star_runtime.results import ResultFile
+from star_runtime.harness.results import ResultFile
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "run_star_attn_inference.py")
@@ -125,7 +125,7 @@ def test_output_equal_to_input_is_refused_and_the_input_untouched(tmp_path, caps
     (lambda t: Path("/proc/self/no_such_dir/out.jsonl"), "cannot write in"),
 ])
 def test_bad_output_location_is_refused_before_any_model_starts(tmp_path, capsys, monkeypatch, make, message):
-    import star_runtime.infer as infer
+    import star_runtime.harness.predict as predict
 
     inp = tmp_path / "in.jsonl"
     write_jsonl(inp, rows(1))
@@ -134,7 +134,7 @@ def test_bad_output_location_is_refused_before_any_model_starts(tmp_path, capsys
     def no_engine(*a, **k):
         raise AssertionError("the engine must not start for a bad output path")
 
-    monkeypatch.setattr(infer, "Engine", no_engine)
+    monkeypatch.setattr(predict, "Engine", no_engine)
     assert cli(inp, make(tmp_path)) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: --output_path") and message in line, line

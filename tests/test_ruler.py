@@ -11,9 +11,10 @@ import pytest
 from conftest import DATA, ROOT, needs_data
 
 from ruler.generate import generate_task
-from ruler.scoring import postprocess_pred, score_task, string_match_all, string_match_part
+from ruler.scoring import score_task
+from star_runtime.harness.scoring import postprocess_pred, string_match_all, string_match_part
 from ruler.tasks import TASKS
-from ruler.templates import split_template
+from star_runtime.harness.templates import split_template
 
 sys.path.insert(0, str(ROOT))
 pytestmark = needs_data("ruler")
@@ -116,7 +117,7 @@ def test_end_to_end_star_two_workers(ray_session, tmp_path):
 
 def test_run_folder_names_follow_the_reference():
     from star_runtime.config import RunConfig
-    from ruler.runner import run_name
+    from star_runtime.harness.runner import run_name
 
     assert run_name("m", RunConfig(attn_type="dense")) == "m_dense"
     assert run_name("m", RunConfig(attn_type="star", block_size=4096)) == "m_star_b4ka4k"

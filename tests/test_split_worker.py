@@ -38,7 +38,6 @@ def test_split_model_generates_as_one_device(mode):
     ctx, query = random_ids(150, 3), random_ids(6, 4)
     with make_engine(attn_type=mode, block_size=40, decode="static") as eng:
         worker = eng.launcher.worker
-        worker.eos = set()
         one = run_ids(eng, ctx, query, 8)
         cpu = torch.device("cpu")
         worker.model = load_model(worker.source, torch.float32, cpu, [cpu, cpu])

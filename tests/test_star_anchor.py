@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import make_engine, random_ids, run_ids
-from star_runtime import phase1
-from star_runtime.phase1 import encode_star, star_plan
+from star_runtime.modes import star as star_mode
+from star_runtime.modes.star import encode_star, star_plan
 
 
 class _Done:
@@ -43,13 +43,13 @@ def model():
 def forwarded(monkeypatch):
     """Record the (batch, tokens) shape of every forward phase 1 runs."""
     shapes = []
-    real = phase1._forward
+    real = star_mode.run_decoder
 
     def spy(m, ids, pos, prefill_layers="auto"):
         shapes.append(tuple(ids.shape))
         return real(m, ids, pos, prefill_layers)
 
-    monkeypatch.setattr(phase1, "_forward", spy)
+    monkeypatch.setattr(star_mode, "run_decoder", spy)
     return shapes
 
 
@@ -100,11 +100,8 @@ def test_short_anchor_two_workers_equal_one(ray_session):
     """Anchor shorter than a block, over real Ray workers (gloo): the broadcast anchor changes nothing."""
     ctx, query = random_ids(130, 31), random_ids(6, 32)
     with make_engine(attn_type="star", block_size=32, anchor_block_size=10) as eng:
-        eng.launcher.worker.eos = set()
         one = run_ids(eng, ctx, query, 8)
     with make_engine(attn_type="star", block_size=32, anchor_block_size=10, num_workers=2) as eng:
-        ray_session.get([a.__ray_call__.remote(lambda self: setattr(self.worker, "eos", set()))
-                         for a in eng.launcher.actors])
         two = run_ids(eng, ctx, query, 8)
     assert two.tokens == one.tokens
     for a, b in zip(two.logits, one.logits):

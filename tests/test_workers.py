@@ -8,22 +8,16 @@ import pytest
 import torch
 
 from conftest import make_engine, random_ids, run_ids
-from star_runtime.parallel.launchers import WorkerFailure
+from star_runtime.errors import WorkerFailure
 
 LENGTHS = [(100, 7), (37, 5), (3, 4)]  # (context, query) tokens; the last is shorter than the workers' chunks
 
 
 def dense_replies(model, cases, new_tokens):
     with make_engine(model, attn_type="dense") as eng:
-        eng.launcher.worker.eos = set()
         return [run_ids(eng, c, q, new_tokens) for c, q in cases]
 
 
-def no_eos(engine):
-    """Generate the full length (random models may hit an EOS id by chance)."""
-    import ray
-
-    ray.get([a.__ray_call__.remote(lambda self: setattr(self.worker, "eos", set())) for a in engine.launcher.actors])
 
 
 def cases_for(seed):
@@ -35,7 +29,6 @@ def test_ring_equals_dense(ray_session, model, world):
     cases = cases_for(world)
     ref = dense_replies(model, cases, 8)
     with make_engine(model, attn_type="ring", num_workers=world) as eng:
-        no_eos(eng)
         got = [run_ids(eng, c, q, 8) for c, q in cases]
     for r, g, (c, _) in zip(ref, got, cases):
         assert g.tokens == r.tokens
@@ -47,10 +40,8 @@ def test_ring_equals_dense(ray_session, model, world):
 def test_star_two_workers_equals_one_worker(ray_session):
     ctx, query = random_ids(130, 21), random_ids(6, 22)
     with make_engine(attn_type="star", block_size=32) as eng:
-        eng.launcher.worker.eos = set()
         one = run_ids(eng, ctx, query, 10)
     with make_engine(attn_type="star", block_size=32, num_workers=2) as eng:
-        no_eos(eng)
         two = run_ids(eng, ctx, query, 10)
     assert two.shard_tokens == [96, 34]  # blocks 0-2 | 3-4, in order
     assert two.tokens == one.tokens
@@ -62,7 +53,6 @@ def test_short_sample_on_three_workers_equals_dense(ray_session, capsys):
     ctx, query = random_ids(20, 31), random_ids(5, 32)
     (ref,) = dense_replies("random:tiny", [(ctx, query)], 8)
     with make_engine(attn_type="star", block_size=64, num_workers=3) as eng:
-        no_eos(eng)
         got = run_ids(eng, ctx, query, 8)
     assert got.shard_tokens == [20, 0, 0]
     assert got.tokens == ref.tokens
@@ -86,7 +76,6 @@ def test_dead_worker_stops_the_run_with_a_clear_error(ray_session):
     import ray
 
     eng = make_engine(attn_type="star", num_workers=2, tokens_to_generate=4000)
-    no_eos(eng)
     victim = eng.launcher.actors[0]
     timer = threading.Timer(3.0, lambda: ray.kill(victim, no_restart=True))
     timer.start()
@@ -104,10 +93,6 @@ def test_dead_worker_stops_the_run_with_a_clear_error(ray_session):
 def test_batched_decode_equals_one_at_a_time(ray_session, mode, world):
     cases = [(random_ids(n, 50 + n), random_ids(q, 60 + q)) for n, q in [(90, 5), (40, 9), (130, 3)]]
     with make_engine(attn_type=mode, num_workers=world, block_size=32) as eng:
-        if world > 1:
-            no_eos(eng)
-        else:
-            eng.launcher.worker.eos = set()
         from star_runtime.parallel.worker import Request
 
         reqs = [Request(i, c, q, 6 + 2 * i, keep_logits=True) for i, (c, q) in enumerate(cases)]
@@ -130,10 +115,6 @@ def test_static_decode_equals_eager(ray_session, world):
     out = {}
     for mode in ("eager", "static"):
         with make_engine(attn_type="star", num_workers=world, block_size=32, decode=mode) as eng:
-            if world > 1:
-                no_eos(eng)
-            else:
-                eng.launcher.worker.eos = set()
             reqs = [Request(i, c, q, 4 + 3 * i, keep_logits=True) for i, (c, q) in enumerate(cases)]
             out[mode] = eng.run_batch(reqs)
     for e, s in zip(out["eager"], out["static"]):
@@ -142,19 +123,16 @@ def test_static_decode_equals_eager(ray_session, world):
             assert torch.allclose(x, y, atol=1e-4)
 
 
-def test_batched_static_decode_equals_per_sample(monkeypatch):
+def test_batched_static_decode_equals_per_sample():
     """The padded batch decode (one kernel sequence per layer) == attending sample by sample."""
-    import star_runtime.decode_step as ds
-    from star_runtime.parallel.worker import Request
+    from star_runtime.parallel.worker import Options, Request
 
     cases = [(random_ids(n, 30 + n), random_ids(q, 40 + q)) for n, q in [(70, 6), (33, 2), (100, 4)]]
     out = {}
     for batched in (True, False):
-        monkeypatch.setattr(ds, "use_batched_kv", lambda *a, b=batched: b)
         with make_engine(attn_type="star", block_size=32, decode="static") as eng:
-            eng.launcher.worker.eos = set()
             out[batched] = eng.run_batch([Request(i, c, q, 5 + i, keep_logits=True)
-                                          for i, (c, q) in enumerate(cases)])
+                                          for i, (c, q) in enumerate(cases)], Options(batched_kv=batched))
     for b, p in zip(out[True], out[False]):
         assert b.tokens == p.tokens
         for x, y in zip(b.logits, p.logits):
@@ -167,7 +145,6 @@ def test_star_blocks_in_several_batches_equal_one_batch():
     out = []
     for cap in (0, 64):
         with make_engine(attn_type="star", block_size=32, max_batch_tokens=cap) as eng:
-            eng.launcher.worker.eos = set()
             out.append(run_ids(eng, ctx, query, 6))
     assert out[0].tokens == out[1].tokens
     assert torch.allclose(out[0].logits[0], out[1].logits[0], atol=1e-5)

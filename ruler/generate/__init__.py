@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
+
+from star_runtime.errors import ConfigError
+from star_runtime.harness.fitting import fit_size
 
 from ..tasks import TASK_CONFIGS, task_family
 
@@ -30,27 +32,6 @@ class Prompt:
 def make_prompt(task: str, head: str, tail: str) -> Prompt:
     fam = task_family(task)
     return Prompt(head, tail, fam["context"], fam["query"], fam["answer_prefix"])
-
-
-def fit_size(build: Callable[[int, random.Random], tuple[str, str, list]], count: Callable[[str, str], int],
-             budget: int, lo: int, hi: int, seed: str) -> int:
-    """Largest size in [lo, hi] whose sample (built with a fixed probe seed) fits ``budget`` tokens.
-
-    Binary search: the token count grows with the size (haystack words, sentences, documents, words).
-    """
-    def fits(n):
-        ctx, qry, _ = build(n, random.Random(seed + ":probe"))
-        return count(ctx, qry) <= budget
-
-    if not fits(lo):
-        return lo
-    while hi > lo:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def generate_task(task: str, length: int, num_samples: int, tokenizer, head: str, tail: str, data_dir,
@@ -97,8 +78,6 @@ def generate_task(task: str, length: int, num_samples: int, tokenizer, head: str
             n = max(builder.min_size, n - max(1, n // 100))
             rng.setstate(state)
         if tokens > budget:
-            from star_runtime.config import ConfigError
-
             raise ConfigError(f"{task} cannot be fitted to {length} tokens: its smallest sample needs "
                               f"{tokens + new_tokens}; ask for a longer length")
         out.append({"index": index, "input_context": ctx, "input_query": qry, "outputs": answers,

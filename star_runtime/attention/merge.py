@@ -39,13 +39,6 @@ def merge_two(o1, l1, o2, l2) -> tuple[torch.Tensor, torch.Tensor]:
     return out, m + torch.log(s)
 
 
-@fused
-def merge_two_like(o1, l1, o2, l2) -> tuple[torch.Tensor, torch.Tensor]:
-    """merge_two, computed in fp32 with the output in o1's dtype: out (B, H, T, D), lse (B, H, T) fp32."""
-    out, lse = merge_two.__wrapped__(o1, l1, o2, l2)
-    return out.to(o1.dtype), lse
-
-
 class OnlineMerge:
     """Running merge for a stream of partials (ring attention steps), fp32, O(1) extra memory."""
 

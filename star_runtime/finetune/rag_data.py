@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from ruler.data import data_file, resolve_data_dir
+from ..harness.data import data_file, resolve_data_dir
 
 QUERY = "Answer the question from the documents above in a few words.\nQuestion: {question}\nAnswer:"
 

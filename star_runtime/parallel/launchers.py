@@ -1,6 +1,7 @@
 """How workers are started: in this process (one worker), as Ray actors, or as torchrun/srun ranks.
 
-Every launcher offers ``run(request) -> Reply`` (the query host's reply) and ``close()``.
+Every launcher offers ``run_batch(requests, options) -> [Reply]`` (the query host's replies),
+``share_from_host(obj)`` and ``close()``.
 """
 
 from __future__ import annotations
@@ -8,12 +9,9 @@ from __future__ import annotations
 import os
 
 from ..config import ConfigError, RunConfig
+from ..errors import WorkerFailure
 from ..models.loader import ModelSource
-from .worker import Reply, Request, Worker
-
-
-class WorkerFailure(RuntimeError):
-    """A worker died or raised; the run stops instead of hanging in a collective."""
+from .worker import Options, Reply, Request, Worker
 
 
 class _LocalWorker:
@@ -21,11 +19,8 @@ class _LocalWorker:
 
     worker: Worker
 
-    def run(self, req: Request) -> Reply:
-        return self.worker.run(req)
-
-    def run_batch(self, reqs: list[Request]) -> list[Reply]:
-        return self.worker.run_batch(reqs)
+    def run_batch(self, reqs: list[Request], options: Options | None = None) -> list[Reply]:
+        return self.worker.run_batch(reqs, options)
 
     def share_from_host(self, obj):
         """``obj`` as the query host has it, on every rank (one process: itself)."""

@@ -16,11 +16,11 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..config import ConfigError, RunConfig
+from ..errors import WorkerFailure
 from ..models.loader import ModelSource
 from .group import free_port, node_ip
-from .launchers import WorkerFailure
 from .liveness import PERIOD_S, Watchdog, connect_store, read_all
-from .worker import Reply, Request, Worker, flush_on_signals
+from .worker import Options, Reply, Request, Worker, flush_on_signals
 
 
 @ray.remote
@@ -43,8 +43,8 @@ class WorkerActor:
         flush_on_signals(self.worker.flush)
         return self.worker.info()
 
-    def run_batch(self, reqs: list[Request]) -> list[Reply]:
-        return self.worker.run_batch(reqs)
+    def run_batch(self, reqs: list[Request], options: Options | None = None) -> list[Reply]:
+        return self.worker.run_batch(reqs, options)
 
     def close(self) -> None:
         if self.worker is not None:
@@ -189,9 +189,9 @@ class RayLauncher:
     def share_from_host(self, obj):
         return obj  # the driver is the only process that reads and writes results
 
-    def run_batch(self, reqs: list[Request]) -> list[Reply]:
+    def run_batch(self, reqs: list[Request], options: Options | None = None) -> list[Reply]:
         what = f"sample {reqs[0].index}" if len(reqs) == 1 else f"samples {[r.index for r in reqs]}"
-        replies = self._gather([a.run_batch.remote(reqs) for a in self.actors], what)
+        replies = self._gather([a.run_batch.remote(reqs, options) for a in self.actors], what)
         return replies[-1]  # the query host is the last worker
 
     def _kill(self) -> None:

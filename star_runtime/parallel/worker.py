@@ -1,7 +1,7 @@
-"""One worker of the SPMD runtime: holds the model and its KV shard, runs phase 1 and phase 2 in lockstep.
+"""One worker of the SPMD runtime: holds the model and its KV shards, runs phase 1 and phase 2 in lockstep.
 
 The same class runs inside a Ray actor (parallel/ray_launcher.py), inside a torchrun/srun process
-(env:// rendezvous), or in-process for a single worker.
+(env:// rendezvous), or in-process for a single worker. Its one entry is ``run_batch(requests, options)``.
 """
 
 from __future__ import annotations
@@ -14,31 +14,32 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..attention.rope import RopeReencoder
-from ..block_mode import BlockSpec, encode_blocks
-from ..config import RunConfig
-from ..kv.block_store import BlockStore, gib
-from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype, text_config
-from ..phase1 import encode_context
-from ..phase2 import generate, resolve_decode_mode, sync_device
-from ..sampling import Sampler, StopChecker, eos_ids
 from .. import progress
+from ..config import RunConfig
+from ..decode import generate, resolve_decode_mode, sync_device
+from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype
+from ..modes import get_mode
+from ..sampling import Sampler, StopChecker, eos_ids
 from .group import Group, local_devices
 from .liveness import Heartbeat, PeerWatch, connect_store
 
 
 @dataclass
 class Request:
-    """One sample, tokenized by the engine. Token ids are plain lists so they travel cheaply."""
+    """One sample, tokenized by the engine. Token ids are plain lists so they travel cheaply.
+
+    mode: the attention mode that encodes its context (modes.MODES; None: the run's --attn_type); blocks:
+    block mode's local blocks (modes/block.py BlockSpec; context_ids is their concatenation)."""
 
     index: int
     context_ids: list[int]
     query_ids: list[int]
     max_new_tokens: int
+    mode: str | None = None
     seed: int = 0
     keep_logits: bool = False
     extra_eos: list[int] = field(default_factory=list)  # the tokenizer's EOS, if the model config lacks it
-    blocks: list[BlockSpec] | None = None  # block mode: the local blocks (context_ids is their concatenation)
+    blocks: list | None = None
     prefill_logits: bool = False  # return the logits of every query position (teacher-forcing checks)
 
 
@@ -52,9 +53,27 @@ class Reply:
     decode_s: float
     steps: int
     shard_tokens: list[int] = field(default_factory=list)  # context tokens held by each worker
-    logits: list = field(default_factory=list)
+    logits: list = field(default_factory=list)  # per step (V,) fp32, when asked
     cache: dict | None = None  # block mode: this sample's block-cache counts, summed over workers
     prefill_logits: object = None  # (Tq, V) fp32, when asked
+
+
+@dataclass(frozen=True)
+class Options:
+    """Per-call choices of one run_batch (None: the run's setting): the star layout, the decode path, and
+    whether static decode attends over one padded copy of the batch's KV (None: when it fits)."""
+
+    block_size: int | None = None
+    anchor_block_size: int | None = None
+    num_blocks: int | None = None
+    decode: str | None = None
+    batched_kv: bool | None = None
+
+    def layout(self, cfg: RunConfig) -> RunConfig:
+        """The run's settings with this call's layout overrides."""
+        over = {k: v for k, v in (("block_size", self.block_size), ("anchor_block_size", self.anchor_block_size),
+                                  ("num_blocks", self.num_blocks)) if v is not None}
+        return cfg.replace(**over) if over else cfg
 
 
 def flush_on_signals(flush) -> None:
@@ -102,97 +121,83 @@ class Worker:
         self.model = load_model(source, resolve_dtype(cfg.dtype, cfg.device), self.device, self.devices)
         self.source = source
         self.tokenizer = None  # loaded on the query host only if stop words are asked for
-        self.eos = eos_ids(self.model, None)
+        self.eos = set() if cfg.ignore_eos else eos_ids(self.model, None)
         pad = getattr(self.model.config, "pad_token_id", None)
         self.pad_id = pad if isinstance(pad, int) else 0
-        self.decode = resolve_decode_mode(cfg.decode, self.model, self.device, len(self.devices))
-        self.store: BlockStore | None = None
-        self.reencoder: RopeReencoder | None = None
-        if cfg.attn_type == "block":
-            self._block_setup()
+        self._states: dict = {}
+        if cfg.attn_type == "block":  # set up before the first request (its store indexes the disk tier)
+            mode = get_mode("block")
+            self.mode_state(mode.name, mode.worker_state)
 
-    def _block_setup(self) -> None:
-        cfg, rank = self.cfg, self.group.rank
-        disk = os.path.join(cfg.block_cache_disk_dir, f"rank{rank}") if cfg.block_cache_disk_dir else None
-        text = text_config(self.model.config)
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        self.store = BlockStore(self.device, gib(cfg.block_cache_gpu_gib), gib(cfg.block_cache_cpu_gib),
-                                disk, gib(cfg.disk_budget_gib), dtype=self.model.dtype,
-                                expect=(text.num_hidden_layers, text.num_key_value_heads, head_dim))
-        self.reencoder = RopeReencoder(self.model)
-
-    def _encode(self, req: Request):
-        """Phase 1 for one sample: block mode (cached blocks, re-encoded) or dense / star / ring."""
-        if req.blocks is not None:
-            if self.store is None:
-                self._block_setup()
-            total = len(req.context_ids) + len(req.query_ids)
-            return encode_blocks(self.model, req.blocks, self.group.rank, self.store, self.reencoder, total,
-                                 self.pad_id)
-        ctx = torch.tensor(req.context_ids, dtype=torch.long, device=self.device)
-        return encode_context(self.model, self.cfg, self.group, ctx, self.pad_id)
-
-    def _cache_counts(self) -> list[int]:
-        if self.store is None:
-            return [0, 0, 0, 0, 0]
-        st = self.store.stats
-        return [sum(st.hits.values()), st.misses, st.hit_tokens, st.miss_tokens, sum(st.evictions.values())]
+    def mode_state(self, name: str, factory):
+        """This worker's state for mode ``name`` (e.g. block mode's store), made by factory(worker) once."""
+        if name not in self._states:
+            self._states[name] = factory(self)
+        return self._states[name]
 
     def info(self) -> dict:
         return {"rank": self.group.rank, "pid": os.getpid(), "device": str(self.device),
                 "hostname": os.uname().nodename}
 
-    def run(self, req: Request) -> Reply:
-        return self.run_batch([req])[0]
-
-    def run_batch(self, reqs: list[Request]) -> list[Reply]:
+    def run_batch(self, reqs: list[Request], options: Options | None = None) -> list[Reply]:
         """Phase 1 for each sample, then phase 2 for all of them together; every worker returns the same."""
         with progress.busy():
-            return self._run_batch(reqs)
+            return self._run_batch(reqs, options or Options())
 
-    def _run_batch(self, reqs: list[Request]) -> list[Reply]:
+    def _run_batch(self, reqs: list[Request], opts: Options) -> list[Reply]:
         g = self.group
-        shards, phase1, cache = [], [], []
+        cfg = opts.layout(self.cfg)
+        shards, phase1, counts = [], [], []
         for req in reqs:
-            before = self._cache_counts()
+            mode = get_mode(req.mode or cfg.attn_type)
+            before = mode.counters(self)
             g.barrier()
             t0 = time.perf_counter()
-            shards.append(self._encode(req))
+            shards.append(mode.encode(self, req, cfg))
             sync_device(self.device)
             g.barrier()
             phase1.append(time.perf_counter() - t0)
-            cache.append([a - b for a, b in zip(self._cache_counts(), before)])
-        samplers = [Sampler(self.cfg.temperature, self.cfg.top_p, self.cfg.seed + r.seed) for r in reqs]
+            after = mode.counters(self)
+            counts.append(None if before is None else {k: after[k] - before[k] for k in after})
+        samplers = [Sampler(cfg.temperature, cfg.top_p, cfg.seed + r.seed) for r in reqs]
         stops = [None] * len(reqs)
-        if g.is_host and self.cfg.stop_words:
+        if g.is_host and cfg.stop_words:
             self.tokenizer = self.tokenizer or load_tokenizer(self.source)
-            stops = [StopChecker(self.tokenizer, self.cfg.stop_words) for _ in reqs]
-        eos = self.eos | {e for r in reqs for e in r.extra_eos}
+            stops = [StopChecker(self.tokenizer, cfg.stop_words) for _ in reqs]
+        eos = self.eos | ({e for r in reqs for e in r.extra_eos} if not cfg.ignore_eos else set())
         queries = [torch.tensor(r.query_ids, dtype=torch.long, device=self.device) for r in reqs]
+        decode = resolve_decode_mode(opts.decode or cfg.decode, self.model, self.device, len(self.devices))
         gens = generate(self.model, g, shards, queries, [len(r.context_ids) for r in reqs],
                         [r.max_new_tokens for r in reqs], samplers, stops, eos,
-                        keep_logits=any(r.keep_logits for r in reqs), decode=self.decode,
-                        prefill_logits=any(r.prefill_logits for r in reqs))
-        counts = g.all_gather(torch.tensor([len(s) for s in shards], device=self.device)).T.tolist()
-        blocks = [r.blocks is not None for r in reqs]
-        if any(blocks):  # sum every worker's cache counts: (W, samples, 5) -> (samples, 5)
-            cache = g.all_gather(torch.tensor(cache, device=self.device)).sum(0).tolist()
-        names = ("hits", "misses", "hit_tokens", "miss_tokens", "evictions")
-        return [Reply(r.index, gen.tokens, gen.stopped_by, p1, gen.first_token_s, gen.decode_s, gen.steps,
-                      cnt, gen.logits, dict(zip(names, c)) if b else None, gen.prefill_logits)
-                for r, gen, p1, cnt, c, b in zip(reqs, gens, phase1, counts, cache, blocks)]
+                        keep_logits=any(r.keep_logits for r in reqs), decode=decode,
+                        prefill_logits=any(r.prefill_logits for r in reqs), batched_kv=opts.batched_kv)
+        held = g.all_gather(torch.tensor([len(s) for s in shards], device=self.device)).T.tolist()
+        caches = [None] * len(reqs)
+        names = next((list(c) for c in counts if c is not None), None)
+        if names:  # sum every worker's counters: (W, samples, n) -> (samples, n); the same on every worker
+            local = [[c[k] for k in names] if c is not None else [0] * len(names) for c in counts]
+            summed = g.all_gather(torch.tensor(local, device=self.device)).sum(0).tolist()
+            caches = [dict(zip(names, s)) if c is not None else None for s, c in zip(summed, counts)]
+        return [Reply(index=r.index, tokens=gen.tokens, stopped_by=gen.stopped_by, phase1_s=p1,
+                      first_token_s=gen.first_token_s, decode_s=gen.decode_s, steps=gen.steps, shard_tokens=h,
+                      logits=gen.logits, cache=c, prefill_logits=gen.prefill_logits)
+                for r, gen, p1, h, c in zip(reqs, gens, phase1, held, caches)]
 
     def cache_summary(self) -> dict | None:
-        return self.store.summary() if self.store is not None else None
+        st = self._states.get("block")
+        return st.store.summary() if st is not None else None
 
     def flush(self) -> None:
         """Everything this worker must not lose is on disk (the block cache's pending writes)."""
-        if self.store is not None:
-            self.store.flush()
+        for st in self._states.values():
+            if hasattr(st, "flush"):
+                st.flush()
 
     def close(self):
-        if self.store is not None:
-            self.store.close()
+        for st in self._states.values():
+            if hasattr(st, "close"):
+                st.close()
         if self.watch is not None:
             self.watch.stop()
         self.group.destroy()
+

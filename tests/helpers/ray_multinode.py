@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import random_ids  # noqa: E402
 
 from star_runtime import Engine, RunConfig  # noqa: E402
-from star_runtime.infer import run_jsonl  # noqa: E402
-from star_runtime.parallel.launchers import WorkerFailure  # noqa: E402
+from star_runtime.harness.predict import run_jsonl  # noqa: E402
+from star_runtime.errors import WorkerFailure  # noqa: E402
 from star_runtime.parallel.worker import Request  # noqa: E402
 
 
@@ -33,13 +33,11 @@ def main(out_dir: str) -> None:
 
     cases = [(random_ids(130, 1), random_ids(6, 2)), (random_ids(70, 3), random_ids(4, 4))]
     cfg = RunConfig(model_path="random:tiny", attn_type="star", block_size=32, num_workers=2,
-                    ray_address=cluster.address)
+                    ray_address=cluster.address, ignore_eos=True)
     with Engine(cfg) as eng:
-        ray.get([a.__ray_call__.remote(lambda self: setattr(self.worker, "eos", set())) for a in eng.launcher.actors])
         result["worker_nodes"] = [p["node_id"] for p in eng.launcher.placement]
         multi = [eng.run(Request(i, c, q, 10)).tokens for i, (c, q) in enumerate(cases)]
     with Engine(cfg.replace(num_workers=1)) as one:
-        one.launcher.worker.eos = set()
         single = [one.run(Request(i, c, q, 10)).tokens for i, (c, q) in enumerate(cases)]
     result["star_equal"] = multi == single and all(len(t) == 10 for t in multi)
 
@@ -50,7 +48,6 @@ def main(out_dir: str) -> None:
             f.write(json.dumps({"index": i, "input_context": f"Passage {i}. " * 60, "input_query": " Why?"}) + "\n")
     cfg = cfg.replace(tokens_to_generate=400)
     eng = Engine(cfg)
-    ray.get([a.__ray_call__.remote(lambda self: setattr(self.worker, "eos", set())) for a in eng.launcher.actors])
     victim = eng.launcher.actors[0]
 
     def kill_after_first():

@@ -21,8 +21,8 @@ import json
 import os
 from pathlib import Path
 
-from .config import ConfigError
-from .io_jsonl import sample_digest
+from ..errors import ConfigError
+from .inputs import sample_digest
 
 FORMAT = "star-runtime-results/1"
 

@@ -1,4 +1,5 @@
-"""Exact causal ring attention for phase 1, zigzag split for load balance, communication overlapped.
+"""Ring: exact causal attention over all workers for phase 1, zigzag split for load balance, communication
+overlapped.
 
 The context is padded to 2*W equal chunks of c tokens; worker r holds chunks r and 2W-1-r (so every worker
 has the same amount of causal work). Per layer, each worker's K/V travel once around the ring; at step s a
@@ -9,7 +10,7 @@ worker holds the K/V of worker src = (r - s) mod W and computes:
 * src > r: only its second chunk of queries sees src's K/V, all of it.
 
 The next K/V transfer is started before the step's attention, so the two overlap. Partials are merged
-online in fp32 (attention/merge.py).
+online in fp32 (attention/merge.py). Phase 2 is the common exact merge over every worker's shard.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import math
 
 import torch
 
+from ..attention.hooks import attention_state
+from ..attention.merge import OnlineMerge
+from ..attention.partial import partial_attention
 from ..kv.shard import ContextShard
-from .merge import OnlineMerge
-from .partial import partial_attention
+from ..models.loader import num_layers
+from .base import Mode, run_decoder
+from .dense import encode_dense
 
 
 def zigzag_positions(length: int, world: int, rank: int) -> tuple[torch.Tensor, int]:
@@ -75,3 +80,26 @@ class RingPrefill:
         else:
             self.shard.set(layer, k[:, :, self.real], v[:, :, self.real])
         return acc.out.to(q.dtype)
+
+
+@torch.inference_mode()
+def encode_ring(model, ctx: torch.Tensor, group, pad_id: int = 0, prefill_layers: str = "auto") -> ContextShard:
+    """Exact causal ring attention over all workers (zigzag split). ctx: (L,) long on the model device."""
+    if group.world_size == 1:
+        return encode_dense(model, ctx, prefill_layers)
+    shard = ContextShard(num_layers(model))
+    pos, c = zigzag_positions(ctx.numel(), group.world_size, group.rank)
+    pos = pos.to(ctx.device)
+    real = pos < ctx.numel()
+    ids = torch.where(real, ctx[pos.clamp(max=ctx.numel() - 1)], torch.full_like(pos, pad_id))
+    with attention_state(RingPrefill(group, shard, c, real)):
+        run_decoder(model, ids.unsqueeze(0), pos.unsqueeze(0), prefill_layers)
+    return shard
+
+
+class RingMode(Mode):
+    name = "ring"
+
+    def encode(self, worker, req, cfg):
+        ctx = torch.tensor(req.context_ids, dtype=torch.long, device=worker.device)
+        return encode_ring(worker.model, ctx, worker.group, worker.pad_id, cfg.prefill_layers)

@@ -1,4 +1,5 @@
-"""Run RULER tasks through one Engine: data (generated or pre-generated), predictions with resume, scores.
+"""Run a benchmark's tasks through one Engine: samples (generated once per folder, or pre-generated),
+predictions with resume (predict.run_jsonl), scores and summaries. RULER and BABILong-style build on it.
 
 Layout of an output folder (as the reference): <output_dir>/<model_name>_<attn>[_b<block>a<anchor>]/<length>/
   data/<task>/validation.jsonl   the samples
@@ -15,15 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from star_runtime.config import RunConfig
-from star_runtime.engine import Engine
-from star_runtime.infer import result_rows, run_jsonl
-from star_runtime.models.loader import load_tokenizer, resolve_model
-
+from ..config import RunConfig
+from ..engine import Engine
+from ..models.loader import load_tokenizer, resolve_model
 from .data import resolve_data_dir
-from .generate import generate_task
-from .scoring import score_task
-from .tasks import task_family
+from .predict import result_rows, run_jsonl
 from .templates import split_template
 
 
@@ -85,17 +82,6 @@ class Benchmark:
                              out_dir / "data" / task / "validation.jsonl")
 
 
-class RulerBenchmark(Benchmark):
-    name = "ruler"
-    generate_task = staticmethod(generate_task)
-
-    def tokens_to_generate(self, task: str) -> int:
-        return task_family(task)["tokens_to_generate"]
-
-    def score(self, task: str, records: list[dict]) -> dict:
-        return score_task(task, records)
-
-
 def write_samples(bench, task: str, length: int, num_samples: int, tokenizer, source, f: Path) -> Path:
     """Generate into f (with a .meta.json of the settings) unless f already holds these settings' samples.
 
@@ -154,7 +140,7 @@ def write_summary(out_dir: Path, tasks: list[str], scores: dict) -> dict:
 
 
 def run_benchmark(cfg: RunConfig, model_name: str, bench, lengths: list[int], tasks: list[str],
-                  num_samples: int, output_dir: str, batch_size: int = 1) -> dict:
+                  num_samples: int, output_dir: str) -> dict:
     """Every (length, task): samples, predictions (resumed), scores; one engine, loaded once.
 
     Returns {length: summary} (on the process that writes results).
@@ -172,7 +158,7 @@ def run_benchmark(cfg: RunConfig, model_name: str, bench, lengths: list[int], ta
                 preds = out_dir / f"{task}.jsonl"
                 new = bench.tokens_to_generate(task)
                 run_jsonl(cfg, str(samples), str(preds), num_samples, use_cache=True, engine=engine,
-                          batch_size=batch_size, max_new_tokens=new)
+                          max_new_tokens=new)
                 if engine.is_writer:
                     scores[task] = bench.score(task, result_rows(cfg, str(samples), str(preds), num_samples, new))
             if engine.is_writer:

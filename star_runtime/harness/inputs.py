@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from .config import ConfigError
+from ..errors import ConfigError
 
 
 def read_samples(path: str | os.PathLike, num_samples: int = -1) -> list[dict]:

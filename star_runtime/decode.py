@@ -1,0 +1,474 @@
+"""Phase 2, one file: the query and every generated token attend to all workers' KV exactly (every mode).
+
+All workers run the same forwards (SPMD). Each computes the partial attention of the new tokens over its
+context shard; the query host also over the query/generated tokens it alone stores (QueryCache). The
+partials (out, lse) of the whole batch are packed into one fp32 tensor and all-gathered once per layer, then
+merged in the same order on every worker (merge_over_workers), so all workers continue with the same hidden
+states. The query host samples the next tokens and broadcasts them with stop flags, so every worker takes the
+same path.
+
+Several samples decode together: each sample's query is prefilled on its own (lengths differ), then every
+unfinished sample adds one token per step. Three step kinds: eager (shapes shrink as samples finish), static
+(fixed shapes, finished samples ride along, lengths on the device) and graph (static, replayed from a CUDA
+graph). Counters have one owner each: the eager loop owns positions and QueryCache.length; a static step owns
+its device-side positions and own-token lengths (StaticKV / QueryCache.len_t).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .attention.hooks import attention_state
+from .attention.merge import merge_partials, merge_two, pack, unpack
+from .attention.partial import empty_partial, masked_partial, partial_attention
+from .kv.shard import ContextShard
+from .models.loader import num_layers
+from .progress import tick
+
+EOS, STOP_WORD = 1, 2
+DYNAMIC_ROPE = ("dynamic", "longrope")
+
+
+# -- KV of the query and generated tokens (query host) ----------------------------------------------------
+class QueryCache:
+    """Static, preallocated KV of the query and generated tokens; only the query host has one.
+
+    Per layer a (1, H_kv, capacity, D) buffer, allocated at the layer's first write; ``length`` tokens are
+    valid. A forward writes its new tokens at [length, length + T) in every layer, then ``commit(T)``.
+    """
+
+    def __init__(self, num_layers: int, capacity: int):
+        self.k: list[torch.Tensor | None] = [None] * num_layers
+        self.v: list[torch.Tensor | None] = [None] * num_layers
+        self.capacity = capacity
+        self.length = 0
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: (1, H_kv, T, D) of the new tokens."""
+        t = k.shape[2]
+        if self.length + t > self.capacity:
+            raise RuntimeError(f"query cache full: {self.length} + {t} > {self.capacity}")
+        if self.k[layer] is None:
+            # zeros, not empty: static decode reads every slot (masked), and 0 * NaN of stale memory is NaN
+            shape = (1, k.shape[1], self.capacity, k.shape[3])
+            self.k[layer] = torch.zeros(shape, dtype=k.dtype, device=k.device)
+            self.v[layer] = torch.zeros(shape, dtype=v.dtype, device=v.device)
+        self.k[layer][:, :, self.length : self.length + t] = k
+        self.v[layer][:, :, self.length : self.length + t] = v
+
+    def view(self, layer: int, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values of tokens [0, upto): (1, H_kv, upto, D)."""
+        return self.k[layer][:, :, :upto], self.v[layer][:, :, :upto]
+
+    def commit(self, t: int) -> None:
+        self.length += t
+
+    # -- static decode (fixed shapes, device-side length: CUDA-graph friendly) ---------------------------
+    def make_static(self) -> None:
+        """From now on one token per step is written at the device-side index ``len_t``, which the static step
+        advances: it is the only length from here on (``length`` is retired so nothing reads a stale copy)."""
+        dev = self.k[0].device
+        self.len_t = torch.tensor([self.length], dtype=torch.long, device=dev)
+        self.slots = torch.arange(self.capacity, device=dev)
+        self.length = None
+
+    def write_static(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: (1, H_kv, 1, D) written at slot ``len_t``."""
+        self.k[layer].index_copy_(2, self.len_t, k)
+        self.v[layer].index_copy_(2, self.len_t, v)
+
+    def valid_static(self) -> torch.Tensor:
+        """(capacity,) bool: slots holding tokens, the one written this step included."""
+        return self.slots <= self.len_t
+
+
+class BatchedDecodeKV:
+    """Static decode KV of A samples in one padded buffer per layer, so a decode step attends for the whole
+    batch with one kernel sequence instead of one per sample.
+
+    Per layer k, v: (A, H_kv, Lc + Cq, D): sample a's context shard at [0, L_a), its query/generated tokens
+    (query host only) at [Lc, Lc + len_a); Lc = the longest shard, Cq = the largest query-cache capacity
+    (0 off the host). ``valid()`` (A, Lc + Cq) marks the slots that hold tokens, the one written this step
+    included; ``len_t`` (A,) on the device is each sample's own-token count. The context KV of the batch is
+    copied once for the decode (``nbytes`` tells how much).
+    """
+
+    def __init__(self, shards: list[ContextShard], caches: list[QueryCache] | None):
+        ref = _reference_tensor(shards, caches)
+        dev, dt, hkv, d = ref.device, ref.dtype, ref.shape[1], ref.shape[3]
+        lens = [len(sh) for sh in shards]
+        self.lc = max(lens)
+        cq = max(c.capacity for c in caches) if caches else 0
+        a = len(shards)
+        self.k, self.v = [], []
+        for layer in range(len(shards[0].keys)):
+            k = torch.zeros((a, hkv, self.lc + cq, d), dtype=dt, device=dev)
+            v = torch.zeros_like(k)
+            for i, sh in enumerate(shards):
+                if lens[i]:
+                    sk, sv = sh.get(layer)
+                    k[i, :, : lens[i]] = sk[0]
+                    v[i, :, : lens[i]] = sv[0]
+                if caches:
+                    c = caches[i]
+                    k[i, :, self.lc : self.lc + c.length] = c.k[layer][0, :, : c.length]
+                    v[i, :, self.lc : self.lc + c.length] = c.v[layer][0, :, : c.length]
+            self.k.append(k)
+            self.v.append(v)
+        slots = torch.arange(self.lc + cq, device=dev)
+        self.ctx_valid = slots < torch.tensor(lens, device=dev).unsqueeze(1)  # (A, Lc + Cq)
+        self.own_slots = slots - self.lc  # a slot's index among the own tokens; negative over the context
+        self.has_own = caches is not None
+        self.len_t = torch.tensor([c.length for c in caches] if caches else [0] * a, dtype=torch.long, device=dev)
+        self.rows = torch.arange(a, device=dev)
+
+    @staticmethod
+    def nbytes(shards: list[ContextShard], caches: list[QueryCache] | None) -> int:
+        """Bytes of the padded copy; 0 when there is nothing to attend to (no context, no own tokens)."""
+        ref = _reference_tensor(shards, caches)
+        if ref is None:
+            return 0
+        lc = max(len(sh) for sh in shards)
+        cq = max(c.capacity for c in caches) if caches else 0
+        per_token = 2 * len(shards[0].keys) * ref.shape[1] * ref.shape[3] * ref.element_size()
+        return len(shards) * (lc + cq) * per_token
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: (A, H_kv, 1, D), each sample's new token, written at its own slot Lc + len_t."""
+        idx = self.lc + self.len_t
+        self.k[layer][self.rows, :, idx] = k[:, :, 0]
+        self.v[layer][self.rows, :, idx] = v[:, :, 0]
+
+    def valid(self) -> torch.Tensor:
+        """(A, Lc + Cq) bool."""
+        if not self.has_own:
+            return self.ctx_valid
+        own = (self.own_slots >= 0) & (self.own_slots.unsqueeze(0) <= self.len_t.unsqueeze(1))
+        return self.ctx_valid | own
+
+
+def _reference_tensor(shards: list[ContextShard], caches: list[QueryCache] | None) -> torch.Tensor | None:
+    """Any stored key tensor (device, dtype, heads, head dim), or None if the batch holds none."""
+    for c in caches or []:
+        if c.k[0] is not None:
+            return c.k[0]
+    for sh in shards:
+        if len(sh):
+            return sh.get(0)[0]
+    return None
+
+
+# -- phase-2 attention ------------------------------------------------------------------------------------
+def merge_over_workers(group, out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """This worker's partial (out (A, Hq, T, D), lse (A, Hq, T)) -> the exact attention over every worker's
+    KV: one packed all-gather (W, A, Hq, T, D + 1), merged in the same order on every worker. Returns out."""
+    if group.world_size == 1:
+        return out
+    return merge_partials(*unpack(group.all_gather(pack(out, lse))))[0]
+
+
+class GlobalAttention:
+    """New tokens of A samples: q (A, Hq, T, D); k, v (A, Hkv, T, D). Returns (A, Hq, T, D).
+
+    shards[a] is sample a's context shard on this worker; caches[a] its query/generated KV (query host
+    only, else None). ``static``: decode with fixed shapes (one token per sample, cache length on the device),
+    so the step can be captured in a CUDA graph.
+    """
+
+    def __init__(self, group, shards: list[ContextShard], caches: list[QueryCache] | None, static: bool = False):
+        self.group = group
+        self.shards = shards
+        self.caches = caches
+        self.static = static
+
+    def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
+        outs, lses = [], []
+        for a, shard in enumerate(self.shards):
+            qa = q[a:a + 1]
+            sk, sv = shard.get(layer)
+            o, l = empty_partial(qa) if sk is None or sk.shape[2] == 0 else partial_attention(qa, sk, sv, scale)
+            if self.caches is not None:
+                own = _own_static if self.static else _own
+                o, l = merge_two(o, l, *own(self.caches[a], layer, qa, k[a:a + 1], v[a:a + 1], scale))
+            outs.append(o)
+            lses.append(l)
+        out, lse = (outs[0], lses[0]) if len(outs) == 1 else (torch.cat(outs), torch.cat(lses))
+        return merge_over_workers(self.group, out, lse).to(q.dtype)
+
+
+class BatchedGlobalAttention:
+    """Static decode of A samples over one padded buffer (kv/shard.py BatchedDecodeKV): one write, one masked
+    attention and one collective per layer for the whole batch. Same math as GlobalAttention(static=True).
+
+    q: (A, Hq, 1, D); k, v: (A, Hkv, 1, D). Returns (A, Hq, 1, D).
+    """
+
+    def __init__(self, group, kv: BatchedDecodeKV):
+        self.group = group
+        self.kv = kv
+        self.valid = None
+
+    def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
+        if self.kv.has_own:
+            self.kv.write(layer, k, v)
+        if layer == 0:  # the slots are the same in every layer of a step: build the mask once per step
+            self.valid = self.kv.valid()[:, None, None, None, :]  # (A, 1, 1, 1, Tk) against (A, Hkv, G, 1, Tk)
+        out, lse = masked_partial(q, self.kv.k[layer], self.kv.v[layer], scale, self.valid)
+        return merge_over_workers(self.group, out, lse).to(q.dtype)
+
+
+def _own(cache: QueryCache, layer, q, k, v, scale):
+    """Causal attention of the new tokens over the host's query/generated KV (earlier ones + themselves).
+
+    q: (1, Hq, T, D); k, v: (1, Hkv, T, D).
+    """
+    t, prev = q.shape[2], cache.length
+    cache.write(layer, k, v)
+    if t == 1:  # decode: one token sees every earlier own token and itself, no mask
+        ck, cv = cache.view(layer, prev + 1)
+        return partial_attention(q, ck, cv, scale)
+    o, l = partial_attention(q, k, v, scale, causal=True)
+    if prev > 0:
+        ck, cv = cache.view(layer, prev)
+        o, l = merge_two(o, l, *partial_attention(q, ck, cv, scale))
+    return o, l
+
+
+def _own_static(cache: QueryCache, layer, q, k, v, scale):
+    """Decode over the preallocated cache: write at the device-side slot, attend to the valid slots."""
+    cache.write_static(layer, k, v)
+    return masked_partial(q, cache.k[layer], cache.v[layer], scale, cache.valid_static())
+
+
+# -- fixed-shape step (static / graph) ---------------------------------------------------------------------
+def graph_capturable(model) -> bool:
+    """Dynamic RoPE types choose their frequencies on the host from the positions: not capturable."""
+    rotary = getattr(model.get_decoder(), "rotary_emb", None)
+    return getattr(rotary, "rope_type", "default") not in DYNAMIC_ROPE
+
+
+def use_batched_kv(shards: list[ContextShard], caches: list[QueryCache] | None, device: torch.device,
+                   choice: bool | None = None) -> bool:
+    """Several samples: decode over one padded copy of their KV (BatchedDecodeKV) when it fits in half the
+    free device memory; otherwise, or for one sample, attend per sample (same math, more launches).
+    choice: True / False forces one way (benchmarks compare them), None decides as above."""
+    if choice is not None:
+        return choice and BatchedDecodeKV.nbytes(shards, caches) > 0
+    if len(shards) < 2:
+        return False
+    need = BatchedDecodeKV.nbytes(shards, caches)
+    if need == 0:
+        return False
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return need <= free // 2
+    return True
+
+
+class DecodeStep:
+    """tokens (A,) -> next-token logits (A, V) for the A samples, positions advancing by one per call.
+
+    shards: each sample's context shard; caches: each sample's query/generated KV (query host) or None.
+    Several samples attend together over a padded copy of their KV (one kernel sequence per layer for the
+    batch) when it fits (use_batched_kv; ``batched_kv`` forces a choice), else sample by sample. The step owns
+    the positions and own-token lengths, on the device, and advances them itself.
+    """
+
+    def __init__(self, model, group, shards: list[ContextShard], caches: list[QueryCache] | None,
+                 tokens: list[int], positions: list[int], use_graph: bool, batched_kv: bool | None = None):
+        dev = group.device
+        self.model = model
+        self.ids = torch.tensor(tokens, dtype=torch.long, device=dev).view(-1, 1)
+        self.pos = torch.tensor(positions, dtype=torch.long, device=dev).view(-1, 1)
+        self.batched = use_batched_kv(shards, caches, dev, batched_kv)
+        if self.batched:
+            kv = BatchedDecodeKV(shards, caches)
+            for c in caches or []:
+                c.length = None  # the batched copy's len_t is the only length from here on
+            self.state = BatchedGlobalAttention(group, kv)
+            self.counters = [kv.len_t]
+        else:
+            for c in caches or []:
+                c.make_static()
+            self.state = GlobalAttention(group, shards, caches, static=True)
+            self.counters = [c.len_t for c in caches or []]
+        self.graph = None
+        if use_graph:
+            self._capture()
+
+    def _forward(self) -> torch.Tensor:
+        with attention_state(self.state):
+            logits = self.model(input_ids=self.ids, position_ids=self.pos, use_cache=False,
+                                logits_to_keep=1).logits[:, -1]
+        for n in self.counters:
+            n += 1
+        self.pos += 1
+        return logits
+
+    def _capture(self) -> None:
+        saved_pos = self.pos.clone()
+        saved_len = [n.clone() for n in self.counters]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: kernels chosen, fused ops compiled, communicators ready
+            for _ in range(2):
+                self._forward()
+        torch.cuda.current_stream().wait_stream(side)
+        self._restore(saved_pos, saved_len)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.logits = self._forward()
+        self._restore(saved_pos, saved_len)  # capture records; make sure nothing moved
+
+    def _restore(self, pos, lens) -> None:
+        self.pos.copy_(pos)
+        for n, saved in zip(self.counters, lens):
+            n.copy_(saved)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (A,) long on the device, the previous step's tokens. Returns logits (A, V)."""
+        self.ids.copy_(tokens.view(-1, 1))
+        if self.graph is None:
+            out = self._forward()
+        else:
+            self.graph.replay()
+            out = self.logits
+        return out
+
+
+# -- the decode loop -----------------------------------------------------------------------------------------
+@dataclass
+class Generation:
+    tokens: list[int] = field(default_factory=list)
+    first_token_s: float = 0.0  # this sample's query prefill until its first token is known
+    decode_s: float = 0.0  # wall time of the decode steps this sample took part in
+    stopped_by: str = "length"  # eos | stop_word | length
+    steps: int = 0  # forwards: 1 query prefill + (steps - 1) decode steps
+    logits: list = field(default_factory=list)  # per step (V,) fp32 on the CPU, host only, if asked
+    prefill_logits: torch.Tensor | None = None  # (Tq, V) of the query prefill, host only, if asked
+
+
+def sync_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+
+
+def resolve_decode_mode(mode: str, model, device: torch.device, num_devices: int = 1) -> str:
+    """auto: a CUDA graph per batch on GPUs (unless the RoPE type needs the host), eager elsewhere; static
+    (same fixed shapes, not captured) for a model split over several GPUs."""
+    if mode == "auto":
+        if device.type == "cuda" and num_devices > 1:
+            return "static"
+        return "graph" if device.type == "cuda" and graph_capturable(model) else "eager"
+    if mode == "graph" and num_devices > 1:
+        raise ValueError("--decode graph captures one GPU's stream; a model split over several GPUs decodes "
+                         "with --decode static")
+    if mode == "graph" and (device.type != "cuda" or not graph_capturable(model)):
+        raise ValueError("--decode graph needs a CUDA device and a RoPE type without host-side updates; "
+                         "use --decode static or eager")
+    return mode
+
+
+@torch.inference_mode()
+def generate(model, group, shards: list[ContextShard], queries: list[torch.Tensor], starts: list[int],
+             max_new: list[int], samplers, stop_checkers, eos: set[int], keep_logits: bool = False,
+             decode: str = "eager", prefill_logits: bool = False, batched_kv: bool | None = None
+             ) -> list[Generation]:
+    """Query prefill then decode for a batch of samples.
+
+    queries[b]: (Tq_b,) long on the model device; starts[b]: sample b's context length (its first query
+    position); max_new[b]: its token cap; samplers/stop_checkers: per sample, used on the host only.
+    decode: eager (shapes shrink as samples finish), static (fixed shapes) or graph (static, replayed from
+    a CUDA graph). prefill_logits: the host also keeps the logits of every query position (Tq, V) (to
+    compare with a teacher-forced forward). batched_kv: static decode over one padded KV copy (True), per
+    sample (False), or as memory allows (None). Returns per sample the generated ids (without EOS), identical
+    on every worker.
+    """
+    dev = queries[0].device
+    n = len(queries)
+    host = group.is_host
+    # static decode keeps finished samples in the batch, so every cache must hold the longest run
+    cap = [q.numel() + (max(max_new) if decode != "eager" else m) for q, m in zip(queries, max_new)]
+    caches = [QueryCache(num_layers(model), c) for c in cap] if host else None
+    gens = [Generation() for _ in range(n)]
+    last = [0] * n
+    pos = [s + q.numel() for s, q in zip(starts, queries)]  # next position per sample
+    running = [True] * n
+
+    def forward(batch: list[int], ids: torch.Tensor, position_ids: torch.Tensor, keep_all: bool = False):
+        state = GlobalAttention(group, [shards[b] for b in batch], [caches[b] for b in batch] if host else None)
+        with attention_state(state):
+            logits = model(input_ids=ids, position_ids=position_ids, use_cache=False,
+                           logits_to_keep=0 if keep_all else 1).logits
+        if keep_all and host:
+            gens[batch[0]].prefill_logits = logits[0].float().cpu()
+        if host:
+            for b in batch:
+                caches[b].commit(ids.shape[1])
+        return logits[:, -1]
+
+    def decide(batch: list[int], logits: torch.Tensor | None) -> None:
+        """Host picks each sample's token and stop flag; every worker receives them."""
+        msg = torch.zeros(len(batch), 2, dtype=torch.long, device=dev)
+        if host:
+            rows = []
+            # greedy batch: one argmax and one device-to-host copy for every sample
+            greedy = None
+            if all(samplers[b].temperature == 0 for b in batch):
+                greedy = torch.argmax(logits, dim=-1).tolist()
+            for i, b in enumerate(batch):
+                if keep_logits:
+                    gens[b].logits.append(logits[i].float().cpu())
+                tok = greedy[i] if greedy is not None else samplers[b](logits[i])
+                stop = EOS if tok in eos else 0
+                if not stop and stop_checkers[b] is not None and stop_checkers[b](gens[b].tokens + [tok]):
+                    stop = STOP_WORD
+                rows.append((tok, stop))
+            msg.copy_(torch.tensor(rows, dtype=torch.long))
+        group.broadcast(msg, group.host)
+        for (tok, stop), b in zip(msg.tolist(), batch):
+            gens[b].steps += 1
+            if stop != EOS:
+                gens[b].tokens.append(tok)
+            last[b] = tok
+            if stop:
+                gens[b].stopped_by = "eos" if stop == EOS else "stop_word"
+                running[b] = False
+            elif gens[b].steps >= max_new[b]:
+                running[b] = False
+
+    for b in range(n):  # query prefill, one sample at a time
+        t0 = time.perf_counter()
+        q = queries[b]
+        p = torch.arange(starts[b], starts[b] + q.numel(), device=dev).unsqueeze(0)
+        decide([b], forward([b], q.unsqueeze(0), p, keep_all=prefill_logits))
+        sync_device(dev)
+        gens[b].first_token_s = time.perf_counter() - t0
+
+    step = None  # static / graph: one fixed-shape step for the whole batch (finished samples ride along)
+    if decode != "eager" and any(running):
+        step = DecodeStep(model, group, shards, caches, last, pos, use_graph=decode == "graph",
+                          batched_kv=batched_kv)
+    while any(running):  # decode, every unfinished sample one token per step
+        tick()
+        batch = [b for b in range(n) if running[b]]
+        t0 = time.perf_counter()
+        if step is not None:
+            logits = step(torch.tensor(last, dtype=torch.long, device=dev))
+            decide(batch, logits[batch] if host else None)
+        else:
+            ids = torch.tensor([[last[b]] for b in batch], dtype=torch.long, device=dev)
+            p = torch.tensor([[pos[b]] for b in batch], dtype=torch.long, device=dev)
+            decide(batch, forward(batch, ids, p))
+            for b in batch:
+                pos[b] += 1
+        sync_device(dev)
+        dt = time.perf_counter() - t0
+        for b in batch:
+            gens[b].decode_s += dt
+    return gens

@@ -1,0 +1,213 @@
+"""Block-Attention: every block of a prompt but the last (system text, retrieved passages) is encoded on its
+own at positions 0..L-1, so its KV depends only on its own tokens: it is cached by content and reused in any
+later prompt at any offset, after one exact RoPE rotation to that offset (attention/rope.py). The final block
+(the question, plus any blocks folded into it) attends to everything in phase 2, the common exact merge.
+
+Engine side: a prompt becomes blocks with offsets, content keys and workers (BlockPlacement: a block some
+worker already encoded goes back to it). Worker side: a worker looks its blocks up in its BlockStore
+(kv/block_store.py), encodes the misses in one batch (CollectPrefill), re-encodes all of them to their
+offsets and concatenates them into its context shard.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from ..attention.hooks import attention_state
+from ..attention.partial import partial_attention
+from ..attention.rope import RopeReencoder
+from ..errors import ConfigError
+from ..kv.block_store import BlockStore, block_key, gib
+from ..kv.shard import ContextShard
+from ..models.loader import num_layers, text_config
+from ..prompts import split_blocks, tokenize_blocks
+from .base import Mode, Prompt
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block of a prompt: content key, token ids, offset (first position) and the worker encoding it."""
+
+    key: str
+    ids: tuple[int, ...]
+    offset: int
+    rank: int
+
+
+
+class BlockPlacement:
+    """Cache-aware placement (engine side): a block some worker already encoded goes back to it; a new block
+    goes to the worker with the fewest tokens of this prompt so far. Remembers up to a million blocks."""
+
+    def __init__(self, model_id: str, window: int):
+        self.model_id = model_id
+        self.window = window
+        self.home: OrderedDict[str, int] = OrderedDict()  # block key -> worker that encoded it
+
+    def place(self, blocks: list[list[int]], world: int) -> list[BlockSpec]:
+        load = [0] * world
+        specs, offset = [], 0
+        for ids in blocks:
+            key = block_key(self.model_id, ids)
+            rank = self.home.get(key)
+            if rank is None or rank >= world:
+                rank = min(range(world), key=lambda r: (load[r], r))
+                self.home[key] = rank
+            else:
+                self.home.move_to_end(key)
+            load[rank] += len(ids)
+            specs.append(BlockSpec(key, tuple(ids), offset, rank))
+            offset += len(ids)
+        while len(self.home) > 1_000_000:
+            self.home.popitem(last=False)
+        return specs
+
+
+class CollectPrefill:
+    """A batch of independent sequences, each attending causally to itself; every layer's K/V is kept.
+
+    q: (B, Hq, T, D); k, v: (B, Hkv, T, D). After the forward, ``kv[layer]`` is (2, B, Hkv, T, D).
+    Right padding never reaches a real token (causal), so blocks of different lengths share one batch.
+    """
+
+    def __init__(self, num_layers: int):
+        self.kv: list[torch.Tensor | None] = [None] * num_layers
+
+    def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
+        out, _ = partial_attention(q, k, v, scale, causal=True)
+        self.kv[layer] = torch.stack((k, v))
+        return out.to(q.dtype)
+
+
+@torch.inference_mode()
+def encode_new_blocks(model, blocks: list[BlockSpec], reencoder: RopeReencoder, device, pad_id: int = 0):
+    """Encode blocks alone at positions 0..L-1, as one right-padded batch.
+
+    Returns per block (kv (layers, 2, H_kv, L, D), inv_freq (D/2,)).
+    """
+    longest = max(len(b.ids) for b in blocks)
+    ids = torch.full((len(blocks), longest), pad_id, dtype=torch.long, device=device)
+    for i, b in enumerate(blocks):
+        ids[i, : len(b.ids)] = torch.tensor(b.ids, dtype=torch.long, device=device)
+    pos = torch.arange(longest, device=device).unsqueeze(0).expand(len(blocks), -1)
+    inv_freq = reencoder.inv_freq(longest)
+    state = CollectPrefill(num_layers(model))
+    with attention_state(state):
+        model.get_decoder()(input_ids=ids, position_ids=pos, use_cache=False)
+    kv = torch.stack(state.kv)  # (layers, 2, B, H_kv, longest, D)
+    return [(kv[:, :, i, :, : len(b.ids)].clone(), inv_freq) for i, b in enumerate(blocks)]
+
+
+@torch.inference_mode()
+def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, reencoder: RopeReencoder,
+                  total_len: int, pad_id: int = 0) -> ContextShard:
+    """This worker's blocks -> its context shard, keys re-encoded to the blocks' offsets.
+
+    total_len: the prompt's full length (context + final block), for RoPE types whose frequencies depend on
+    the sequence length (dynamic); a constant for the others.
+    """
+    shard = ContextShard(num_layers(model))
+    mine = [b for b in blocks if b.rank == rank]
+    if not mine:
+        return shard
+    device = store.device
+    found = {b.key: store.get(b.key, len(b.ids)) for b in mine}
+    missing = list({b.key: b for b in mine if found[b.key] is None}.values())
+    if missing:
+        for b, (kv, freq) in zip(missing, encode_new_blocks(model, missing, reencoder, device, pad_id)):
+            store.put(b.key, kv, freq)
+            found[b.key] = (kv, freq.cpu())
+    # Cached blocks stay at positions 0..L-1; the shard gets fresh copies: values concatenated, keys
+    # concatenated then rotated to their offsets (every layer at once).
+    keys = torch.cat([found[b.key][0][:, 0] for b in mine], dim=2)  # (layers, H_kv, L_mine, D)
+    values = torch.cat([found[b.key][0][:, 1] for b in mine], dim=2)
+    delta = _delta_angles(mine, found, reencoder, reencoder.inv_freq(total_len), device)
+    keys = reencoder.apply(keys, *reencoder.rotation(delta, device))
+    for layer in range(keys.shape[0]):
+        shard.set(layer, keys[layer].unsqueeze(0), values[layer].unsqueeze(0))
+    return shard
+
+
+def _delta_angles(mine: list[BlockSpec], found: dict, reencoder: RopeReencoder, dst_freq, device):
+    """(L_mine, D/2) angles from each block's stored positions/frequencies to its offset in the prompt.
+
+    Positions are built on the CPU and moved once; blocks encoded with the same frequencies (every RoPE type
+    but the dynamic ones) share one computation.
+    """
+    src = torch.cat([torch.arange(len(b.ids)) for b in mine]).to(device, non_blocking=True)
+    dst = torch.cat([torch.arange(b.offset, b.offset + len(b.ids)) for b in mine]).to(device, non_blocking=True)
+    freqs = [found[b.key][1] for b in mine]
+    if all(torch.equal(f, freqs[0]) for f in freqs[1:]):
+        return reencoder.delta(src, freqs[0], dst, dst_freq)
+    src_freq = torch.cat([f.expand(len(b.ids), -1) for b, f in zip(mine, freqs)]).to(device)
+    return (reencoder.angles(dst, dst_freq).double()
+            - (src.float()[:, None] * src_freq.float()).double())
+
+
+class BlockWorkerState:
+    """A worker's block store and RoPE re-encoder (made at the worker's first block request)."""
+
+    def __init__(self, worker):
+        cfg, model = worker.cfg, worker.model
+        disk = os.path.join(cfg.block_cache_disk_dir, f"rank{worker.group.rank}") if cfg.block_cache_disk_dir else None
+        text = text_config(model.config)
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.store = BlockStore(worker.device, gib(cfg.block_cache_gpu_gib), gib(cfg.block_cache_cpu_gib), disk,
+                                gib(cfg.disk_budget_gib), dtype=model.dtype,
+                                expect=(text.num_hidden_layers, text.num_key_value_heads, head_dim))
+        self.reencoder = RopeReencoder(model)
+
+    def flush(self) -> None:
+        self.store.flush()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class BlockMode(Mode):
+    name = "block"
+    worker_state = BlockWorkerState
+
+    def engine_state(self, cfg, model_id, window):
+        return BlockPlacement(model_id, window)
+
+    def prompt(self, tokenizer, cfg, context, query, where, blocks=None, state=None) -> Prompt:
+        """Tokenize every block on its own, fold blocks past --num_local_attention_blocks into the final block,
+        give each local block its offset, content key and worker."""
+        texts = list(blocks) if blocks is not None else split_blocks(context, cfg.block_delimiter)
+        if not texts:
+            raise ConfigError(f"{where}: no blocks (the block list / input_context is empty); give at least one "
+                              "passage")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise ConfigError(f"{where}: block {i} is empty; drop it or give it text")
+        if not query.strip():
+            raise ConfigError(f"{where}: input_query is empty; give the question or instruction")
+        ids, query_ids = tokenize_blocks(tokenizer, texts, query, cfg.chat_template)
+        for i, b in enumerate(ids):
+            if len(b) > state.window:
+                raise ConfigError(f"{where}: block {i} has {len(b)} tokens, beyond the model window of "
+                                  f"{state.window}; split it into smaller passages")
+        k = len(ids) if cfg.num_local_attention_blocks < 0 else cfg.num_local_attention_blocks
+        local, folded = ids[:k], ids[k:]
+        qry = [t for b in folded for t in b] + query_ids
+        ctx = [t for b in local for t in b]
+        return Prompt(ctx, qry, state.place(local, cfg.world_size))
+
+    def record(self, cfg, req, reply, world):
+        return {"blocks": len(req.blocks), "block_cache": reply.cache}
+
+    def encode(self, worker, req, cfg):
+        st = worker.mode_state(self.name, self.worker_state)
+        total = len(req.context_ids) + len(req.query_ids)
+        return encode_blocks(worker.model, req.blocks, worker.group.rank, st.store, st.reencoder, total,
+                             worker.pad_id)
+
+    def counters(self, worker):
+        s = worker.mode_state(self.name, BlockWorkerState).store.stats
+        return {"hits": sum(s.hits.values()), "misses": s.misses, "hit_tokens": s.hit_tokens,
+                "miss_tokens": s.miss_tokens, "evictions": sum(s.evictions.values())}
