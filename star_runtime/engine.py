@@ -8,6 +8,7 @@ import math
 import sys
 import zlib
 
+from .attention.rope import frame_crossing
 from .config import ConfigError, RunConfig
 from .models.loader import check_supported, load_tokenizer, model_config, model_window, resolve_model
 from .modes import get_mode
@@ -31,6 +32,7 @@ class Engine:
         check_supported(config)
         self.tokenizer = load_tokenizer(self.source)
         self.window = model_window(config)
+        self.model_config = config
         check_devices(cfg)
         self.model_id = f"{self.source.name}|{self.source.path}|{cfg.dtype}|{cfg.device}"
         self.mode_states: dict = {}  # mode name -> that mode's engine-side state (block mode: placement)
@@ -57,7 +59,7 @@ class Engine:
         n = max_new_tokens or self.cfg.tokens_to_generate
         m = get_mode(mode or self.cfg.attn_type)
         if m.name not in self.mode_states:
-            self.mode_states[m.name] = m.engine_state(self.cfg, self.model_id, self.window)
+            self.mode_states[m.name] = m.engine_state(self.cfg, self.model_id, self.window, self.model_config)
         p = m.prompt(self.tokenizer, self.cfg, context, query, where, blocks, self.mode_states[m.name])
         total = len(p.context_ids) + len(p.query_ids) + n
         if total > self.window:
@@ -65,6 +67,14 @@ class Engine:
                 f"{where}: context ({len(p.context_ids)}) + query ({len(p.query_ids)}) + tokens_to_generate ({n}) "
                 f"= {total} tokens exceeds the model window of {self.window}; shorten the context or lower "
                 "--tokens_to_generate"
+            )
+        prompt = len(p.context_ids) + len(p.query_ids)
+        switch = frame_crossing(self.model_config, prompt, total)
+        if switch is not None:
+            raise ConfigError(
+                f"{where}: the prompt ({prompt} tokens) would grow past {switch} while generating, where this model's "
+                f"LongRoPE switches to its long factors and every earlier key changes; lower --tokens_to_generate "
+                f"to {switch - prompt} or fewer, or give a prompt longer than {switch} tokens"
             )
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         return Request(index=index, context_ids=p.context_ids, query_ids=p.query_ids, max_new_tokens=n,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
-_state = {"count": 0, "busy": 0, "compiling": 0}
+_state = {"count": 0, "busy": 0, "compiling": 0, "waiting": 0}
 _lock = threading.Lock()
 
 
@@ -31,9 +31,22 @@ def busy():
             _state["busy"] -= 1
 
 
-def snapshot() -> tuple[int, bool]:
-    """(progress count, whether a step is running and not compiling)."""
-    return _state["count"], _state["busy"] > 0 and _state["compiling"] == 0
+@contextlib.contextmanager
+def waiting():
+    """Inside the block the process waits for its peers (a blocking collective): if the run stalls, the
+    peer it waits for is the one to name."""
+    with _lock:
+        _state["waiting"] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _state["waiting"] -= 1
+
+
+def snapshot() -> tuple[int, bool, bool]:
+    """(progress count, whether a step is running and not compiling, whether it waits for its peers)."""
+    return _state["count"], _state["busy"] > 0 and _state["compiling"] == 0, _state["waiting"] > 0
 
 
 def _compile_start(*_args) -> None:

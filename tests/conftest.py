@@ -16,6 +16,18 @@ if os.environ.get("STAR_RUNTIME_REQUIRE_DATA") == "1" and not (DATA / "ruler").i
     raise RuntimeError(f"benchmark data not found at {DATA}; set STAR_RUNTIME_DATA")
 
 
+GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def pytest_collection_modifyitems(items):
+    """tests/gpu/ is the `gpu` marker's; without a CUDA GPU those tests are skipped, with the reason shown."""
+    for item in items:
+        if "/tests/gpu/" in str(item.fspath):
+            item.add_marker(pytest.mark.gpu)
+            if not GPUS:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU: run `pytest -m gpu tests/gpu` on one"))
+
+
 def needs_data(sub: str = "ruler"):
     return pytest.mark.skipif(not (DATA / sub).is_dir(), reason=f"needs the benchmark data folder ({DATA}/{sub})")
 
@@ -50,9 +62,11 @@ def make_engine(model="random:tiny", **kw) -> Engine:
     return Engine(RunConfig(model_path=model, **kw))
 
 
-def assert_same_steps(a_logits: list, b_logits: list, atol: float, rtol: float = 0.0) -> None:
-    """Two runs' per-step logits agree: first the same, non-zero number of steps, then every step within
-    atol (+ rtol)."""
-    assert len(a_logits) == len(b_logits) > 0, (len(a_logits), len(b_logits))
-    for i, (a, b) in enumerate(zip(a_logits, b_logits)):
-        assert torch.allclose(a, b, atol=atol, rtol=rtol), (i, (a - b).abs().max().item())
+def assert_same_steps(a_logits: list, b_logits: list, atol: float = 1e-4) -> None:
+    """Two runs' per-step logits agree: first the same, non-zero number of steps, then every step within atol."""
+    assert len(a_logits) == len(b_logits), (len(a_logits), len(b_logits))
+    assert len(a_logits) > 0, "no steps to compare"
+    for step, (a, b) in enumerate(zip(a_logits, b_logits)):
+        assert a.shape == b.shape, (step, a.shape, b.shape)
+        err = (a.float() - b.float()).abs().max().item()
+        assert err <= atol, f"step {step}: max |logit difference| {err:.3g} > {atol}"

@@ -52,8 +52,18 @@ def test_compiling_counts_as_progress():
         assert not progress.snapshot()[1]  # a compile in progress is never a stall
         before = progress.snapshot()[0]
         _compile_end()
-        assert progress.snapshot() == (before + 1, True)
+        assert progress.snapshot() == (before + 1, True, False)
+        with progress.waiting():
+            assert progress.snapshot()[2]
     assert not progress.snapshot()[1]
+
+
+def test_a_worker_waiting_for_a_stuck_peer_is_not_blamed():
+    dog = Watchdog([0, 1], timeout_s=5)
+    for t in range(12):
+        dog.observe(0, f"{t + 1} 7 1 0", now=t)  # busy, no progress, computing
+        dog.observe(1, f"{t + 1} 9 1 1", now=t)  # busy, no progress, in a collective
+    assert "worker 0 made no progress" in dog.verdict(now=11)
 
 
 def _pid(actor):

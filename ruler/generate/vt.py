@@ -56,6 +56,7 @@ class Builder:
         rng = random.Random(key + ":example")
         p = self.prompt
         n = 1
+        last = None
         while True:
             ctx, value, answer, hops = self._task(n + 5, rng, icl=True)
             text = (p.context.format(context=ctx) + (p.query + p.answer_prefix).format(query=value, num_v=hops + 1)
@@ -64,7 +65,8 @@ class Builder:
                 break
             n += 5
             last = (text, answer)
-        text, answer = last
+        # the largest example within ~500 tokens; the smallest one when even that is longer (a wordy tokenizer)
+        text, answer = last if last is not None else (text, answer)
         for var in answer:
             text = text.replace(var, "".join(rng.choices(string.ascii_uppercase, k=len(var))))
         self.example = text + "\n\n"

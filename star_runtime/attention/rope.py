@@ -11,6 +11,8 @@ key carries it once already. Keys are stored back in the cache dtype.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..fused import fused
@@ -18,11 +20,81 @@ from ..fused import fused
 _DYNAMIC_TYPES = ("dynamic", "longrope")
 
 
+def rotary_of(model):
+    return getattr(model.get_decoder(), "rotary_emb", None)
+
+
+def frame_inv_freq(rotary, seq_len: int) -> torch.Tensor:
+    """(D/2,) fp32 inverse frequencies of one forward over a whole sequence of ``seq_len`` tokens, as a fresh
+    model computes them: constant for every RoPE type but dynamic NTK (scaled past the window) and LongRoPE
+    (long factors past its original window). Stateless: transformers' dynamic module remembers its longest
+    forward, this does not."""
+    rope_type = getattr(rotary, "rope_type", "default")
+    if rope_type not in _DYNAMIC_TYPES:
+        return rotary.inv_freq.detach().float().clone()
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    inv, _ = ROPE_INIT_FUNCTIONS[rope_type](rotary.config, rotary.inv_freq.device, seq_len=seq_len)
+    return inv.float()
+
+
+def frame_tag(model_config, seq_len: int) -> str:
+    """What of a sequence's length changes its RoPE frequencies ('' for most types): cached block KV is only
+    reused under the same tag."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    params = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    rope_type = params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
+    if rope_type == "longrope":
+        switch = params.get("original_max_position_embeddings") or text.original_max_position_embeddings
+        return "|rope:long" if seq_len > switch else "|rope:short"
+    if rope_type == "dynamic" and seq_len > text.max_position_embeddings:
+        return f"|rope:dynamic{seq_len}"
+    return ""
+
+
+def frame_crossing(model_config, prompt_len: int, total_len: int) -> int | None:
+    """LongRoPE switches from short to long factors past its original window: the position where a sample of
+    ``prompt_len`` prompt tokens growing to ``total_len`` would cross it during generation, else None (the
+    stock model then re-encodes everything it holds; the runtime refuses such a sample instead)."""
+    if frame_tag(model_config, prompt_len) == "|rope:short" and frame_tag(model_config, total_len) == "|rope:long":
+        text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+        params = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+        return params.get("original_max_position_embeddings") or text.original_max_position_embeddings
+    return None
+
+
+@contextlib.contextmanager
+def rope_frame(model, seq_len: int):
+    """Inside the block, every forward of ``model`` takes the RoPE frequencies of one forward over the whole
+    sequence of ``seq_len`` tokens, as the stock model does, instead of choosing them from its own last
+    position (dynamic and LongRoPE types choose per forward: a star block or a cached passage at early
+    positions would otherwise get other frequencies than the full sequence). Other types: no change."""
+    rotary = rotary_of(model)
+    if getattr(rotary, "rope_type", "default") not in _DYNAMIC_TYPES:
+        yield
+        return
+    raw = getattr(type(rotary).forward, "__wrapped__", None)
+    if raw is None:
+        raise RuntimeError(f"{type(rotary).__name__}.forward has no undecorated form; this transformers version "
+                           "cannot pin dynamic RoPE frequencies")
+    saved_inv, saved_fwd = rotary.inv_freq, rotary.__dict__.get("forward")
+    rotary.inv_freq = frame_inv_freq(rotary, seq_len).to(saved_inv.device)
+    rotary.__dict__["forward"] = lambda x, position_ids, *a, **kw: raw(rotary, x, position_ids, *a, **kw)
+    try:
+        yield
+    finally:
+        rotary.inv_freq = saved_inv
+        if saved_fwd is None:
+            del rotary.__dict__["forward"]
+        else:
+            rotary.__dict__["forward"] = saved_fwd
+
+
 class RopeReencoder:
     """Re-encodes keys of one model. Shapes: keys (..., L, D), positions (L,) long."""
 
     def __init__(self, model):
-        rotary = getattr(model.get_decoder(), "rotary_emb", None)
+        rotary = rotary_of(model)
         if rotary is None or not hasattr(rotary, "inv_freq"):
             raise ValueError(f"{type(model).__name__}: block mode needs a model with one rotary embedding module")
         if isinstance(getattr(rotary, "rope_type", "default"), dict):
@@ -35,15 +107,9 @@ class RopeReencoder:
         return 2 * self.rotary.inv_freq.numel()
 
     def inv_freq(self, seq_len: int) -> torch.Tensor:
-        """The model's inverse frequencies (D/2,) fp32 for a forward whose last position is seq_len - 1.
-
-        Constant for every RoPE type but the dynamic ones, which the rotary module recomputes per forward.
-        """
-        if self.rope_type in _DYNAMIC_TYPES:
-            buf = self.rotary.inv_freq
-            x = torch.zeros(1, device=buf.device, dtype=torch.float32)
-            self.rotary(x, torch.tensor([[seq_len - 1]], device=buf.device))
-        return self.rotary.inv_freq.detach().float().clone()
+        """The model's inverse frequencies (D/2,) fp32 for a forward over a whole sequence of seq_len tokens
+        (frame_inv_freq: stateless, whatever ran before)."""
+        return frame_inv_freq(self.rotary, seq_len)
 
     @staticmethod
     def angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -69,22 +135,11 @@ class RopeReencoder:
             return _rotate(keys, cos, sin)
         return torch.cat((_rotate(keys[..., :r], cos, sin), keys[..., r:]), dim=-1)
 
-    def apply_(self, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """In-place form of ``apply``; returns keys."""
-        keys.copy_(self.apply(keys, cos, sin))
-        return keys
-
     def delta(self, src_pos, src_freq, dst_pos, dst_freq) -> torch.Tensor:
         """(L, D/2) fp64 angle from src (positions, frequencies) to dst, each angle as transformers rounds it."""
         dev = dst_freq.device
         return (self.angles(dst_pos.to(dev), dst_freq).double()
                 - self.angles(src_pos.to(dev), src_freq.to(dev)).double())
-
-    def reencode_(self, keys: torch.Tensor, src_pos: torch.Tensor, src_freq: torch.Tensor,
-                  dst_pos: torch.Tensor, dst_freq: torch.Tensor) -> torch.Tensor:
-        """Keys (..., L, D) encoded at src_pos with src_freq become keys at dst_pos with dst_freq (in place)."""
-        cos, sin = self.rotation(self.delta(src_pos, src_freq, dst_pos, dst_freq), keys.device)
-        return self.apply_(keys, cos, sin)
 
 
 @fused

@@ -33,8 +33,9 @@ class Mode:
     worker_state = None  # a class made once per worker, worker_state(worker) (block mode: the block store)
 
     # -- engine side -----------------------------------------------------------------------------------
-    def engine_state(self, cfg, model_id: str, window: int):
-        """Per-engine state of this mode (None: none); model_id names the weights, window is the model's."""
+    def engine_state(self, cfg, model_id: str, window: int, model_config):
+        """Per-engine state of this mode (None: none); model_id names the weights, window and model_config are
+        the model's."""
         return None
 
     def prompt(self, tokenizer, cfg, context: str, query: str, where: str, blocks=None, state=None) -> Prompt:

@@ -19,7 +19,7 @@ import torch
 
 from ..attention.hooks import attention_state
 from ..attention.partial import partial_attention
-from ..attention.rope import RopeReencoder
+from ..attention.rope import RopeReencoder, frame_tag
 from ..errors import ConfigError
 from ..kv.block_store import BlockStore, block_key, gib
 from ..kv.shard import ContextShard
@@ -43,16 +43,18 @@ class BlockPlacement:
     """Cache-aware placement (engine side): a block some worker already encoded goes back to it; a new block
     goes to the worker with the fewest tokens of this prompt so far. Remembers up to a million blocks."""
 
-    def __init__(self, model_id: str, window: int):
+    def __init__(self, model_id: str, window: int, model_config):
         self.model_id = model_id
         self.window = window
+        self.model_config = model_config
         self.home: OrderedDict[str, int] = OrderedDict()  # block key -> worker that encoded it
 
-    def place(self, blocks: list[list[int]], world: int) -> list[BlockSpec]:
+    def place(self, blocks: list[list[int]], world: int, tag: str = "") -> list[BlockSpec]:
+        """tag: what of the prompt changes a block's KV besides its tokens (attention/rope.py frame_tag)."""
         load = [0] * world
         specs, offset = [], 0
         for ids in blocks:
-            key = block_key(self.model_id, ids)
+            key = block_key(self.model_id + tag, ids)
             rank = self.home.get(key)
             if rank is None or rank >= world:
                 rank = min(range(world), key=lambda r: (load[r], r))
@@ -84,8 +86,10 @@ class CollectPrefill:
 
 
 @torch.inference_mode()
-def encode_new_blocks(model, blocks: list[BlockSpec], reencoder: RopeReencoder, device, pad_id: int = 0):
-    """Encode blocks alone at positions 0..L-1, as one right-padded batch.
+def encode_new_blocks(model, blocks: list[BlockSpec], reencoder: RopeReencoder, device, pad_id: int = 0,
+                      frame_len: int | None = None):
+    """Encode blocks alone at positions 0..L-1, as one right-padded batch. frame_len: the prompt's length, whose
+    RoPE frequencies the forward runs with (attention/rope.py rope_frame; default the longest block).
 
     Returns per block (kv (layers, 2, H_kv, L, D), inv_freq (D/2,)).
     """
@@ -94,7 +98,7 @@ def encode_new_blocks(model, blocks: list[BlockSpec], reencoder: RopeReencoder, 
     for i, b in enumerate(blocks):
         ids[i, : len(b.ids)] = torch.tensor(b.ids, dtype=torch.long, device=device)
     pos = torch.arange(longest, device=device).unsqueeze(0).expand(len(blocks), -1)
-    inv_freq = reencoder.inv_freq(longest)
+    inv_freq = reencoder.inv_freq(frame_len or longest)
     state = CollectPrefill(num_layers(model))
     with attention_state(state):
         model.get_decoder()(input_ids=ids, position_ids=pos, use_cache=False)
@@ -118,7 +122,7 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
     found = {b.key: store.get(b.key, len(b.ids)) for b in mine}
     missing = list({b.key: b for b in mine if found[b.key] is None}.values())
     if missing:
-        for b, (kv, freq) in zip(missing, encode_new_blocks(model, missing, reencoder, device, pad_id)):
+        for b, (kv, freq) in zip(missing, encode_new_blocks(model, missing, reencoder, device, pad_id, total_len)):
             store.put(b.key, kv, freq)
             found[b.key] = (kv, freq.cpu())
     # Cached blocks stay at positions 0..L-1; the shard gets fresh copies: values concatenated, keys
@@ -172,8 +176,8 @@ class BlockMode(Mode):
     name = "block"
     worker_state = BlockWorkerState
 
-    def engine_state(self, cfg, model_id, window):
-        return BlockPlacement(model_id, window)
+    def engine_state(self, cfg, model_id, window, model_config):
+        return BlockPlacement(model_id, window, model_config)
 
     def prompt(self, tokenizer, cfg, context, query, where, blocks=None, state=None) -> Prompt:
         """Tokenize every block on its own, fold blocks past --num_local_attention_blocks into the final block,
@@ -196,7 +200,8 @@ class BlockMode(Mode):
         local, folded = ids[:k], ids[k:]
         qry = [t for b in folded for t in b] + query_ids
         ctx = [t for b in local for t in b]
-        return Prompt(ctx, qry, state.place(local, cfg.world_size))
+        tag = frame_tag(state.model_config, len(ctx) + len(qry))
+        return Prompt(ctx, qry, state.place(local, cfg.world_size, tag))
 
     def record(self, cfg, req, reply, world):
         return {"blocks": len(req.blocks), "block_cache": reply.cache}

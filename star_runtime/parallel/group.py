@@ -9,6 +9,8 @@ import socket
 import torch
 import torch.distributed as dist
 
+from ..progress import waiting
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -78,12 +80,14 @@ class Group:
             return t.unsqueeze(0)
         t = t.contiguous().view(1, *t.shape)
         out = torch.empty((self.world_size, *t.shape[1:]), dtype=t.dtype, device=t.device)
-        _all_gather_single(out, t)  # concatenation along dim 0 of the (1, ...) inputs
+        with waiting():
+            _all_gather_single(out, t)  # concatenation along dim 0 of the (1, ...) inputs
         return out
 
     def broadcast(self, t: torch.Tensor, src: int) -> torch.Tensor:
         if self.world_size > 1:
-            dist.broadcast(t, src)
+            with waiting():
+                dist.broadcast(t, src)
         return t
 
     def broadcast_async(self, t: torch.Tensor, src: int):
@@ -99,15 +103,17 @@ class Group:
         if self.world_size == 1:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src, device=self.device if self.device.type == "cuda" else None)
+        with waiting():
+            dist.broadcast_object_list(box, src, device=self.device if self.device.type == "cuda" else None)
         return box[0]
 
     def barrier(self) -> None:
         if self.world_size > 1:
-            if self.device.type == "cuda":
-                dist.barrier(device_ids=[self.device.index or 0])
-            else:
-                dist.barrier()
+            with waiting():
+                if self.device.type == "cuda":
+                    dist.barrier(device_ids=[self.device.index or 0])
+                else:
+                    dist.barrier()
 
     def ring_exchange(self, send: torch.Tensor, recv: torch.Tensor):
         """Start sending ``send`` to rank+1 and receiving ``recv`` from rank-1; returns handles to wait on."""

@@ -1,13 +1,15 @@
 """Liveness: a stalled or dead worker ends the run in seconds, with its rank named, not after a collective
 timeout.
 
-Every worker process runs a ``Heartbeat`` thread that writes ``"<beat> <progress> <busy>"`` under
+Every worker process runs a ``Heartbeat`` thread that writes ``"<beat> <progress> <busy> <waiting>"`` under
 ``star_runtime/hb/<rank>`` of a TCP key-value store once a second: ``beat`` counts heartbeats (the process
 runs), ``progress`` is star_runtime.progress's counter (the work advances: every layer of every forward,
-every decode step, compiles included) and ``busy`` says a step is running. A ``Watchdog`` reads them:
+every decode step, compiles included), ``busy`` says a step is running and ``waiting`` that it blocks in a
+collective for its peers. A ``Watchdog`` reads them:
 
 * no new beat for ``timeout_s``: the process is frozen (SIGSTOP, swapped out, its node gone);
-* busy, and no progress for ``timeout_s``: the step is stuck (a hung device or collective).
+* busy, and no progress for ``timeout_s``: the step is stuck (a hung device or collective); the workers
+  stuck outside a collective are named (the others wait for them), else all stuck ones.
 
 Long legitimate steps do not trip it: a 1M-token phase 1 still ticks every layer, and a compile counts as
 progress. Under Ray the driver hosts the store and watches while it waits for the workers
@@ -57,9 +59,9 @@ class Heartbeat:
         beat = 0
         while not self.stop_event.is_set():
             beat += 1
-            count, busy = progress.snapshot()
+            count, busy, waiting = progress.snapshot()
             try:
-                store.set(f"{PREFIX}{self.rank}", f"{beat} {count} {int(busy)}")
+                store.set(f"{PREFIX}{self.rank}", f"{beat} {count} {int(busy)} {int(waiting)}")
             except Exception:
                 pass  # the watcher is gone (end of run) or slow: the next beat tries again
             self.stop_event.wait(PERIOD_S)
@@ -74,7 +76,8 @@ class Watchdog:
     def __init__(self, ranks, timeout_s: float):
         self.timeout_s = timeout_s
         now = time.monotonic()
-        # rank -> [beat, progress, busy, time of the last new beat, time of the last progress or idle state]
+        # rank -> [beat, progress, busy, time of the last new beat, time of the last progress or idle state,
+        #          waiting]
         self.seen = {r: None for r in ranks}
         self.start = now
 
@@ -84,13 +87,15 @@ class Watchdog:
         now = time.monotonic() if now is None else now
         text = value.decode() if isinstance(value, bytes) else value
         try:
-            beat, count, busy = (int(x) for x in text.split())
+            beat, count, busy, *rest = (int(x) for x in text.split())
         except ValueError:
             return
+        waiting = rest[0] if rest else 0
         old = self.seen.get(rank)
         if old is None:
-            self.seen[rank] = [beat, count, busy, now, now]
+            self.seen[rank] = [beat, count, busy, now, now, waiting]
             return
+        old[5] = waiting
         if beat != old[0]:
             old[0], old[3] = beat, now
         if count != old[1] or not busy:
@@ -105,6 +110,8 @@ class Watchdog:
             return (f"worker {_names(frozen)} sent no heartbeat for {self.timeout_s:.0f} s (the process is "
                     "frozen or stopped, or its node is gone)")
         stuck = [r for r, s in self.seen.items() if s is not None and s[2] and now - s[4] > self.timeout_s]
+        working = [r for r in stuck if not self.seen[r][5]]  # stuck outside a collective: the others wait on it
+        stuck = working or stuck
         if stuck:
             return (f"worker {_names(stuck)} made no progress for {self.timeout_s:.0f} s inside a step (a hung "
                     "device or collective); raise --stall_timeout_s if one step legitimately takes longer")

@@ -37,11 +37,10 @@ class WorkerActor:
         return {"node_id": ctx.get_node_id(), "ip": node_ip(), "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def setup(self, cfg: RunConfig, source: ModelSource, rank: int, world: int, init_method: str,
-              threads: int, heartbeat_store: tuple[str, int] | None) -> dict:
+              threads: int, heartbeat_store: tuple[str, int] | None) -> None:
         self.worker = Worker(cfg, source, rank, world, init_method, threads=threads,
                              heartbeat_store=heartbeat_store)
         flush_on_signals(self.worker.flush)
-        return self.worker.info()
 
     def run_batch(self, reqs: list[Request], options: Options | None = None) -> list[Reply]:
         return self.worker.run_batch(reqs, options)

@@ -6,7 +6,6 @@ The same class runs inside a Ray actor (parallel/ray_launcher.py), inside a torc
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -15,7 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import progress
+from ..attention.rope import frame_crossing, rope_frame
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..decode import generate, resolve_decode_mode, sync_device
 from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype
 from ..modes import get_mode
@@ -135,10 +136,6 @@ class Worker:
             self._states[name] = factory(self)
         return self._states[name]
 
-    def info(self) -> dict:
-        return {"rank": self.group.rank, "pid": os.getpid(), "device": str(self.device),
-                "hostname": os.uname().nodename}
-
     def run_batch(self, reqs: list[Request], options: Options | None = None) -> list[Reply]:
         """Phase 1 for each sample, then phase 2 for all of them together; every worker returns the same."""
         with progress.busy():
@@ -149,11 +146,19 @@ class Worker:
         cfg = opts.layout(self.cfg)
         shards, phase1, counts = [], [], []
         for req in reqs:
+            prompt = len(req.context_ids) + len(req.query_ids)
+            switch = frame_crossing(self.model.config, prompt, prompt + req.max_new_tokens)
+            if switch is not None:  # the engine refuses these first, naming the sample
+                raise ConfigError(f"sample {req.index}: the prompt ({prompt} tokens) would grow past {switch} while "
+                                  "generating, where this model's LongRoPE switches to its long factors; lower "
+                                  "the tokens to generate or lengthen the prompt")
+        for req in reqs:
             mode = get_mode(req.mode or cfg.attn_type)
             before = mode.counters(self)
             g.barrier()
             t0 = time.perf_counter()
-            shards.append(mode.encode(self, req, cfg))
+            with rope_frame(self.model, len(req.context_ids) + len(req.query_ids)):  # the prompt's RoPE everywhere
+                shards.append(mode.encode(self, req, cfg))
             sync_device(self.device)
             g.barrier()
             phase1.append(time.perf_counter() - t0)
