@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from star_runtime.modes.star import star_plan  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -54,19 +59,17 @@ def ring_flops(shape: Shape, length: int, workers: int) -> dict:
 
 
 def star_flops(shape: Shape, length: int, workers: int, block: int, anchor: int | None = None) -> dict:
-    """The busiest GPU's FLOPs (blocks split over GPUs in order as phase1.star_plan does)."""
-    anchor = block if anchor is None else anchor
-    blocks = math.ceil(length / block)
-    base, extra = divmod(blocks, workers)
+    """The busiest GPU's FLOPs, for the blocks the runtime's own star plan gives each GPU (modes/star.py)."""
+    plan = star_plan(length, block, anchor if anchor is not None else -1, workers)
+    s, a = plan.block_size, plan.anchor
     busiest = None
-    for rank in range(workers):
-        n = base + (rank < extra)
-        tokens, pairs = n * block, n * (block * block / 2 + block * anchor)
-        if rank == 0 and n:
-            pairs -= block * anchor  # block 0 sees no anchor
-            if blocks > 1:  # the anchor pass; with A == S it replaces block 0
-                tokens += anchor - (block if anchor == block else 0)
-                pairs += anchor * anchor / 2 - (block * block / 2 if anchor == block else 0)
+    for rank, mine in enumerate(plan.blocks):
+        sizes = [min(s, length - b * s) for b in mine]
+        tokens = sum(sizes)
+        pairs = sum(n * n / 2 + (n * a if b else 0) for b, n in zip(mine, sizes))  # block 0 sees no anchor
+        if rank == 0 and mine and plan.num_blocks > 1:  # the anchor pass; with A == S it is block 0
+            tokens += a - (sizes[0] if a == s else 0)
+            pairs += a * a / 2 - (sizes[0] * sizes[0] / 2 if a == s else 0)
         flops = {"linear": tokens * shape.linear_flops_per_token, "attention": pairs * shape.attention_flops_per_pair}
         if busiest is None or sum(flops.values()) > sum(busiest.values()):
             busiest = flops

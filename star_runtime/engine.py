@@ -25,8 +25,8 @@ class Engine:
     def __init__(self, cfg: RunConfig, notice=_notice):
         self.cfg = cfg.validate()
         self.notice = notice
-        if cfg.attn_type == "dense" and cfg.num_workers > 1:
-            notice(f"dense attention runs on one worker; the other {cfg.num_workers - 1} stay idle")
+        if cfg.world_size < cfg.num_workers:
+            notice(f"{cfg.attn_type} attention runs on one worker; the other {cfg.num_workers - 1} stay idle")
         self.source = resolve_model(cfg.model_path)
         config = model_config(self.source)
         check_supported(config)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_engine
+from conftest import assert_same_steps, make_engine
 from star_runtime.kv.block_store import BlockStore, DiskTier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +42,7 @@ def cold(blocks):
 def same(a, b):
     assert a.tokens == b.tokens
     assert len(a.logits) == len(b.logits) > 0
-    for x, y in zip(a.logits, b.logits):
-        assert torch.allclose(x, y, atol=1e-5), (x - y).abs().max()
+    assert_same_steps(a.logits, b.logits, 1e-5)
 
 
 def _flip(files):

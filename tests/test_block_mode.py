@@ -4,7 +4,7 @@ gives; a cache hit equals a miss; tiny budgets evict and stay correct; placement
 import pytest
 import torch
 
-from conftest import make_engine
+from conftest import assert_same_steps, make_engine
 from star_runtime.config import ConfigError
 from star_runtime.finetune.block_mask import block_attention_mask
 
@@ -54,8 +54,7 @@ def test_block_mode_equals_full_forward_with_block_mask(model):
     assert [b.offset for b in req.blocks] == [0, len(ids[0]), len(ids[0]) + len(ids[1]),
                                               len(ids[0]) + len(ids[1]) + len(ids[2])]
     assert rep.tokens == ref_tokens
-    for a, b in zip(rep.logits, ref_logits):
-        assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    assert_same_steps(rep.logits, ref_logits, 1e-4)
 
 
 def test_one_block_equals_dense():
@@ -71,11 +70,9 @@ def test_one_block_equals_dense():
         assert req.blocks == [] and len(req.query_ids) > 40
         ref_tokens, ref_logits = block_mask_reference(eng, [], req.query_ids, 6)
     assert one.tokens == dense.tokens
-    for a, b in zip(one.logits, dense.logits):
-        assert torch.allclose(a, b, atol=1e-4)
+    assert_same_steps(one.logits, dense.logits, 1e-4)
     assert folded.tokens == ref_tokens
-    for a, b in zip(folded.logits, ref_logits):
-        assert torch.allclose(a, b, atol=1e-4)
+    assert_same_steps(folded.logits, ref_logits, 1e-4)
 
 
 def test_seamless_switching_first_blocks_local_rest_global():
@@ -98,8 +95,7 @@ def test_cache_hit_equals_miss_at_new_offsets():
         _, hit = run(warm, order)
     assert hit.cache["hits"] == 4 and hit.cache["misses"] == 0
     assert hit.tokens == miss.tokens
-    for a, b in zip(hit.logits, miss.logits):
-        assert torch.allclose(a, b, atol=1e-5)
+    assert_same_steps(hit.logits, miss.logits, 1e-5)
 
 
 @pytest.mark.parametrize("disk", [False, True])
@@ -158,8 +154,7 @@ def test_two_workers_place_repeated_blocks_on_their_holder_and_match_one_worker(
             assert b.rank == homes[b.key]
     assert rep2.cache["hits"] == 2 and rep2.cache["misses"] == 1
     assert rep2.tokens == ref.tokens
-    for a, b in zip(rep2.logits, ref.logits):
-        assert torch.allclose(a, b, atol=1e-4)
+    assert_same_steps(rep2.logits, ref.logits, 1e-4)
 
 
 def test_disk_tier_makes_the_next_run_start_warm(tmp_path):

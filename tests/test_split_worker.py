@@ -7,7 +7,7 @@ tagging code); bench/check_gpu_paths.py compares a worker over 2 GPUs with one G
 import pytest
 import torch
 
-from conftest import make_engine, random_ids, run_ids
+from conftest import assert_same_steps, make_engine, random_ids, run_ids
 from star_runtime.attention.hooks import HOME_ATTR
 from star_runtime.config import ConfigError, RunConfig
 from star_runtime.models.loader import layer_device_map, load_model, resolve_model
@@ -44,8 +44,7 @@ def test_split_model_generates_as_one_device(mode):
         assert all(getattr(layer.self_attn, HOME_ATTR) == cpu for layer in worker.model.get_decoder().layers)
         split = run_ids(eng, ctx, query, 8)
     assert split.tokens == one.tokens
-    for x, y in zip(split.logits, one.logits):
-        assert torch.allclose(x, y, atol=1e-5)
+    assert_same_steps(split.logits, one.logits, 1e-5)
 
 
 @pytest.mark.parametrize("kw,message", [

@@ -5,7 +5,7 @@ through the model, receive exactly rank 0's tensors, and their KV equals the one
 import pytest
 import torch
 
-from conftest import make_engine, random_ids, run_ids
+from conftest import assert_same_steps, make_engine, random_ids, run_ids
 from star_runtime.modes import star as star_mode
 from star_runtime.modes.star import encode_star, star_plan
 
@@ -104,8 +104,7 @@ def test_short_anchor_two_workers_equal_one(ray_session):
     with make_engine(attn_type="star", block_size=32, anchor_block_size=10, num_workers=2) as eng:
         two = run_ids(eng, ctx, query, 8)
     assert two.tokens == one.tokens
-    for a, b in zip(two.logits, one.logits):
-        assert torch.allclose(a, b, atol=1e-4)
+    assert_same_steps(two.logits, one.logits, 1e-4)
 
 
 @pytest.mark.parametrize("length,anchor,world", [(192, 32, 3), (192, 12, 3), (256, 32, 2)])

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from conftest import make_engine, random_ids, run_ids
+from conftest import assert_same_steps, make_engine, random_ids, run_ids
 from star_runtime.errors import WorkerFailure
 
 LENGTHS = [(100, 7), (37, 5), (3, 4)]  # (context, query) tokens; the last is shorter than the workers' chunks
@@ -33,8 +33,7 @@ def test_ring_equals_dense(ray_session, model, world):
     for r, g, (c, _) in zip(ref, got, cases):
         assert g.tokens == r.tokens
         assert sum(g.shard_tokens) == len(c)
-        for a, b in zip(g.logits, r.logits):
-            assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+        assert_same_steps(g.logits, r.logits, 1e-4)
 
 
 def test_star_two_workers_equals_one_worker(ray_session):
@@ -45,8 +44,7 @@ def test_star_two_workers_equals_one_worker(ray_session):
         two = run_ids(eng, ctx, query, 10)
     assert two.shard_tokens == [96, 34]  # blocks 0-2 | 3-4, in order
     assert two.tokens == one.tokens
-    for a, b in zip(two.logits, one.logits):
-        assert torch.allclose(a, b, atol=1e-4)
+    assert_same_steps(two.logits, one.logits, 1e-4)
 
 
 def test_short_sample_on_three_workers_equals_dense(ray_session, capsys):
@@ -56,8 +54,7 @@ def test_short_sample_on_three_workers_equals_dense(ray_session, capsys):
         got = run_ids(eng, ctx, query, 8)
     assert got.shard_tokens == [20, 0, 0]
     assert got.tokens == ref.tokens
-    for a, b in zip(got.logits, ref.logits):
-        assert torch.allclose(a, b, atol=1e-4)
+    assert_same_steps(got.logits, ref.logits, 1e-4)
     assert "2 worker(s) hold no context" in capsys.readouterr().err
 
 
@@ -101,8 +98,7 @@ def test_batched_decode_equals_one_at_a_time(ray_session, mode, world):
     for a, t in zip(alone, together):
         assert t.tokens == a.tokens and len(t.tokens) == len(t.logits)
         assert t.shard_tokens == a.shard_tokens
-        for x, y in zip(t.logits, a.logits):
-            assert torch.allclose(x, y, atol=1e-4)
+        assert_same_steps(t.logits, a.logits, 1e-4)
 
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -119,8 +115,7 @@ def test_static_decode_equals_eager(ray_session, world):
             out[mode] = eng.run_batch(reqs)
     for e, s in zip(out["eager"], out["static"]):
         assert s.tokens == e.tokens and len(s.tokens) == len(s.logits)
-        for x, y in zip(s.logits, e.logits):
-            assert torch.allclose(x, y, atol=1e-4)
+        assert_same_steps(s.logits, e.logits, 1e-4)
 
 
 def test_batched_static_decode_equals_per_sample():
@@ -135,8 +130,7 @@ def test_batched_static_decode_equals_per_sample():
                                           for i, (c, q) in enumerate(cases)], Options(batched_kv=batched))
     for b, p in zip(out[True], out[False]):
         assert b.tokens == p.tokens
-        for x, y in zip(b.logits, p.logits):
-            assert torch.allclose(x, y, atol=1e-4)
+        assert_same_steps(b.logits, p.logits, 1e-4)
 
 
 def test_star_blocks_in_several_batches_equal_one_batch():

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ..config import RunConfig
 from ..engine import Engine, mean
+from ..modes import get_mode
 from ..parallel.launchers import writes_results
 from .inputs import read_samples
 from .results import ResultFile, finished_rows
@@ -33,12 +34,7 @@ def result_settings(cfg: RunConfig, max_new_tokens: int | None = None) -> dict:
          "temperature": cfg.temperature, "chat_template": cfg.chat_template}
     if cfg.temperature > 0:
         s.update(top_p=cfg.top_p, seed=cfg.seed)
-    if cfg.attn_type == "star":
-        s.update(block_size=cfg.block_size, anchor_block_size=cfg.anchor_block_size, num_blocks=cfg.num_blocks)
-        if cfg.block_size <= 0 and cfg.num_blocks <= 0:  # the block size follows the worker count
-            s["num_workers"] = cfg.world_size
-    if cfg.attn_type == "block":
-        s.update(block_delimiter=cfg.block_delimiter, num_local_attention_blocks=cfg.num_local_attention_blocks)
+    s.update(get_mode(cfg.attn_type).settings(cfg))
     return s
 
 

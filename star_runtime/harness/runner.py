@@ -19,29 +19,19 @@ from tqdm import tqdm
 from ..config import RunConfig
 from ..engine import Engine
 from ..models.loader import load_tokenizer, resolve_model
+from ..modes import get_mode
 from .data import resolve_data_dir
 from .predict import result_rows, run_jsonl
 from .templates import split_template
 
 
 def run_name(model_name: str, cfg: RunConfig) -> str:
-    """The reference's folder name: model_attn, plus _b<block>a<anchor> for star (_<N>blocks with --num_blocks;
-    _bauto_w<workers> when the block is context / workers), plus the dtype when it is not the device's default.
+    """The reference's folder name: <model>_<mode> plus the mode's layout (star: _b<block>a<anchor>, _<N>blocks,
+    _bauto_w<workers>), plus the dtype when it is not the device's default.
 
     Every other setting that changes answers (model path, template, sampling) is in each predictions file's
     meta: a run with other ones is refused in one line instead of mixing its answers in."""
-    name = f"{model_name}_{cfg.attn_type}"
-    if cfg.attn_type == "star":
-        def short(n):
-            return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
-        if cfg.num_blocks > 0:
-            name += f"_{cfg.num_blocks}blocks{'' if cfg.anchor_block_size <= 0 else 'a' + short(cfg.anchor_block_size)}"
-        elif cfg.block_size <= 0:
-            name += f"_bauto{'' if cfg.anchor_block_size <= 0 else 'a' + short(cfg.anchor_block_size)}"
-            name += f"_w{cfg.world_size}"
-        else:
-            anchor = cfg.anchor_block_size if cfg.anchor_block_size > 0 else cfg.block_size
-            name += f"_b{short(cfg.block_size)}a{short(anchor)}"
+    name = f"{model_name}_{cfg.attn_type}" + get_mode(cfg.attn_type).run_tag(cfg)
     if cfg.dtype != "auto":
         name += f"_{cfg.dtype}"
     return name

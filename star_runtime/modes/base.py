@@ -57,6 +57,14 @@ class Mode:
         """This mode's fields of a result record."""
         return {}
 
+    def settings(self, cfg) -> dict:
+        """This mode's settings that change a run's answers (a result file records and compares them)."""
+        return {}
+
+    def run_tag(self, cfg) -> str:
+        """What a benchmark's result folder adds to ``<model>_<mode>`` for this mode's settings."""
+        return ""
+
     # -- worker side -----------------------------------------------------------------------------------
     def encode(self, worker, req, cfg):
         """Phase 1 of one sample on one worker -> its ContextShard. worker: model, group, device, pad_id,

@@ -206,6 +206,9 @@ class BlockMode(Mode):
     def record(self, cfg, req, reply, world):
         return {"blocks": len(req.blocks), "block_cache": reply.cache}
 
+    def settings(self, cfg):
+        return {"block_delimiter": cfg.block_delimiter, "num_local_attention_blocks": cfg.num_local_attention_blocks}
+
     def encode(self, worker, req, cfg):
         st = worker.mode_state(self.name, self.worker_state)
         total = len(req.context_ids) + len(req.query_ids)

@@ -237,3 +237,22 @@ class StarMode(Mode):
 
     def record(self, cfg, req, reply, world):
         return {"block_size": config_plan(cfg, len(req.context_ids), world).block_size}
+
+    def settings(self, cfg):
+        s = {"block_size": cfg.block_size, "anchor_block_size": cfg.anchor_block_size, "num_blocks": cfg.num_blocks}
+        if cfg.block_size <= 0 and cfg.num_blocks <= 0:  # the block size follows the worker count
+            s["num_workers"] = cfg.world_size
+        return s
+
+    def run_tag(self, cfg):
+        """The reference's _b<block>a<anchor> (_<N>blocks with --num_blocks; _bauto_w<workers> when the block is
+        context / workers)."""
+        def short(n):
+            return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+        anchor = "" if cfg.anchor_block_size <= 0 else "a" + short(cfg.anchor_block_size)
+        if cfg.num_blocks > 0:
+            return f"_{cfg.num_blocks}blocks{anchor}"
+        if cfg.block_size <= 0:
+            return f"_bauto{anchor}_w{cfg.world_size}"
+        return f"_b{short(cfg.block_size)}a{short(cfg.anchor_block_size if cfg.anchor_block_size > 0 else cfg.block_size)}"

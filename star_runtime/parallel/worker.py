@@ -126,8 +126,8 @@ class Worker:
         pad = getattr(self.model.config, "pad_token_id", None)
         self.pad_id = pad if isinstance(pad, int) else 0
         self._states: dict = {}
-        if cfg.attn_type == "block":  # set up before the first request (its store indexes the disk tier)
-            mode = get_mode("block")
+        mode = get_mode(cfg.attn_type)
+        if mode.worker_state is not None:  # set up before the first request (a block store indexes its disk tier)
             self.mode_state(mode.name, mode.worker_state)
 
     def mode_state(self, name: str, factory):
