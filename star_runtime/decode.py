@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention.hooks import attention_state
+from .fused import compiled_layers
 from .attention.merge import merge_partials, merge_two, pack, unpack
-from .attention.partial import empty_partial, masked_partial, partial_attention
+from .attention.partial import decode_partial, empty_partial, masked_partial, partial_attention
 from .kv.shard import ContextShard
 from .models.loader import num_layers
 from .progress import tick
@@ -85,69 +86,64 @@ class QueryCache:
         return self.slots <= self.len_t
 
 
-class BatchedDecodeKV:
-    """Static decode KV of A samples in one padded buffer per layer, so a decode step attends for the whole
-    batch with one kernel sequence instead of one per sample.
+class StaticKV:
+    """Static decode KV of A samples, one buffer per layer, so a decode step attends for the whole batch with
+    one kernel per layer (a varlen flash kernel on GPUs) and the step is capturable in a CUDA graph.
 
-    Per layer k, v: (A, H_kv, Lc + Cq, D): sample a's context shard at [0, L_a), its query/generated tokens
-    (query host only) at [Lc, Lc + len_a); Lc = the longest shard, Cq = the largest query-cache capacity
-    (0 off the host). ``valid()`` (A, Lc + Cq) marks the slots that hold tokens, the one written this step
-    included; ``len_t`` (A,) on the device is each sample's own-token count. The context KV of the batch is
-    copied once for the decode (``nbytes`` tells how much).
+    Per layer k, v: (A, C, H_kv, D), row a = sample a: its context shard at slots [0, L_a), then (query host
+    only) its query and generated tokens right after, so the valid slots of a row are one prefix. ``len_t``
+    (A,) on the device is each row's filled length before this step; the step writes its new token at
+    ``len_t`` (host), attends over ``used`` = len_t + 1 slots (host) or len_t (other workers); the step
+    (DecodeStep) then advances len_t on the host: it is the only length from here on. The context KV is
+    copied once (``nbytes``).
     """
 
     def __init__(self, shards: list[ContextShard], caches: list[QueryCache] | None):
         ref = _reference_tensor(shards, caches)
         dev, dt, hkv, d = ref.device, ref.dtype, ref.shape[1], ref.shape[3]
         lens = [len(sh) for sh in shards]
-        self.lc = max(lens)
-        cq = max(c.capacity for c in caches) if caches else 0
+        own = [c.length for c in caches] if caches else [0] * len(shards)
+        self.capacity = max(n + (c.capacity if caches else 0) for n, c in zip(lens, caches or [None] * len(lens)))
         a = len(shards)
         self.k, self.v = [], []
         for layer in range(len(shards[0].keys)):
-            k = torch.zeros((a, hkv, self.lc + cq, d), dtype=dt, device=dev)
+            k = torch.zeros((a, self.capacity, hkv, d), dtype=dt, device=dev)
             v = torch.zeros_like(k)
             for i, sh in enumerate(shards):
                 if lens[i]:
                     sk, sv = sh.get(layer)
-                    k[i, :, : lens[i]] = sk[0]
-                    v[i, :, : lens[i]] = sv[0]
-                if caches:
+                    k[i, : lens[i]] = sk[0].transpose(0, 1)
+                    v[i, : lens[i]] = sv[0].transpose(0, 1)
+                if caches and own[i]:
                     c = caches[i]
-                    k[i, :, self.lc : self.lc + c.length] = c.k[layer][0, :, : c.length]
-                    v[i, :, self.lc : self.lc + c.length] = c.v[layer][0, :, : c.length]
+                    k[i, lens[i]: lens[i] + own[i]] = c.k[layer][0, :, : own[i]].transpose(0, 1)
+                    v[i, lens[i]: lens[i] + own[i]] = c.v[layer][0, :, : own[i]].transpose(0, 1)
             self.k.append(k)
             self.v.append(v)
-        slots = torch.arange(self.lc + cq, device=dev)
-        self.ctx_valid = slots < torch.tensor(lens, device=dev).unsqueeze(1)  # (A, Lc + Cq)
-        self.own_slots = slots - self.lc  # a slot's index among the own tokens; negative over the context
         self.has_own = caches is not None
-        self.len_t = torch.tensor([c.length for c in caches] if caches else [0] * a, dtype=torch.long, device=dev)
+        self.len_t = torch.tensor([n + o for n, o in zip(lens, own)], dtype=torch.long, device=dev)
         self.rows = torch.arange(a, device=dev)
+        self.slots = torch.arange(self.capacity, device=dev)
+        self.used = None
 
     @staticmethod
     def nbytes(shards: list[ContextShard], caches: list[QueryCache] | None) -> int:
-        """Bytes of the padded copy; 0 when there is nothing to attend to (no context, no own tokens)."""
+        """Bytes of the copy; 0 when there is nothing to attend to (no context, no own tokens)."""
         ref = _reference_tensor(shards, caches)
         if ref is None:
             return 0
-        lc = max(len(sh) for sh in shards)
-        cq = max(c.capacity for c in caches) if caches else 0
+        cap = max(len(sh) + (c.capacity if caches else 0) for sh, c in zip(shards, caches or [None] * len(shards)))
         per_token = 2 * len(shards[0].keys) * ref.shape[1] * ref.shape[3] * ref.element_size()
-        return len(shards) * (lc + cq) * per_token
+        return len(shards) * cap * per_token
+
+    def begin_step(self) -> None:
+        """Once per step, before layer 0: the slots every layer attends to this step (int32, as kernels take)."""
+        self.used = (self.len_t + 1 if self.has_own else self.len_t).to(torch.int32)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: (A, H_kv, 1, D), each sample's new token, written at its own slot Lc + len_t."""
-        idx = self.lc + self.len_t
-        self.k[layer][self.rows, :, idx] = k[:, :, 0]
-        self.v[layer][self.rows, :, idx] = v[:, :, 0]
-
-    def valid(self) -> torch.Tensor:
-        """(A, Lc + Cq) bool."""
-        if not self.has_own:
-            return self.ctx_valid
-        own = (self.own_slots >= 0) & (self.own_slots.unsqueeze(0) <= self.len_t.unsqueeze(1))
-        return self.ctx_valid | own
+        """k, v: (A, H_kv, 1, D), each sample's new token, written at its slot len_t."""
+        self.k[layer][self.rows, self.len_t] = k[:, :, 0]
+        self.v[layer][self.rows, self.len_t] = v[:, :, 0]
 
 
 def _reference_tensor(shards: list[ContextShard], caches: list[QueryCache] | None) -> torch.Tensor | None:
@@ -199,24 +195,27 @@ class GlobalAttention:
         return merge_over_workers(self.group, out, lse).to(q.dtype)
 
 
-class BatchedGlobalAttention:
-    """Static decode of A samples over one padded buffer (kv/shard.py BatchedDecodeKV): one write, one masked
-    attention and one collective per layer for the whole batch. Same math as GlobalAttention(static=True).
+class StaticAttention:
+    """Static decode of A samples over one StaticKV: one write, one attention and (several workers) one
+    collective per layer for the whole batch. Same math as GlobalAttention(static=True).
 
-    q: (A, Hq, 1, D); k, v: (A, Hkv, 1, D). Returns (A, Hq, 1, D).
+    q: (A, Hq, 1, D); k, v: (A, Hkv, 1, D). Returns (A, Hq, 1, D) in q's dtype. On one worker the kernel's
+    output is the answer (no merge, no fp32 round trip); on several, out and lse are merged in fp32.
     """
 
-    def __init__(self, group, kv: BatchedDecodeKV):
+    def __init__(self, group, kv: StaticKV):
         self.group = group
         self.kv = kv
-        self.valid = None
 
     def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
+        if layer == 0:
+            self.kv.begin_step()
         if self.kv.has_own:
             self.kv.write(layer, k, v)
-        if layer == 0:  # the slots are the same in every layer of a step: build the mask once per step
-            self.valid = self.kv.valid()[:, None, None, None, :]  # (A, 1, 1, 1, Tk) against (A, Hkv, G, 1, Tk)
-        out, lse = masked_partial(q, self.kv.k[layer], self.kv.v[layer], scale, self.valid)
+        out, lse = decode_partial(q, self.kv.k[layer], self.kv.v[layer], self.kv.used, self.kv.slots, scale,
+                                  native_out=self.group.world_size == 1)
+        if self.group.world_size == 1:
+            return out.to(q.dtype)
         return merge_over_workers(self.group, out, lse).to(q.dtype)
 
 
@@ -252,14 +251,12 @@ def graph_capturable(model) -> bool:
 
 def use_batched_kv(shards: list[ContextShard], caches: list[QueryCache] | None, device: torch.device,
                    choice: bool | None = None) -> bool:
-    """Several samples: decode over one padded copy of their KV (BatchedDecodeKV) when it fits in half the
-    free device memory; otherwise, or for one sample, attend per sample (same math, more launches).
-    choice: True / False forces one way (benchmarks compare them), None decides as above."""
+    """Decode over one copy of the batch's KV with room for the new tokens (StaticKV: one kernel per layer)
+    when it fits in half the free device memory; otherwise attend per sample over the shards where they lie
+    (same math, more launches). choice: True / False forces one way (benchmarks compare them)."""
     if choice is not None:
-        return choice and BatchedDecodeKV.nbytes(shards, caches) > 0
-    if len(shards) < 2:
-        return False
-    need = BatchedDecodeKV.nbytes(shards, caches)
+        return choice and StaticKV.nbytes(shards, caches) > 0
+    need = StaticKV.nbytes(shards, caches)
     if need == 0:
         return False
     if device.type == "cuda":
@@ -278,18 +275,20 @@ class DecodeStep:
     """
 
     def __init__(self, model, group, shards: list[ContextShard], caches: list[QueryCache] | None,
-                 tokens: list[int], positions: list[int], use_graph: bool, batched_kv: bool | None = None):
+                 tokens: list[int], positions: list[int], use_graph: bool, batched_kv: bool | None = None,
+                 layers: str = "eager"):
         dev = group.device
         self.model = model
+        self.layers = layers  # --prefill_layers: compiled decoder layers fuse the step's elementwise work too
         self.ids = torch.tensor(tokens, dtype=torch.long, device=dev).view(-1, 1)
         self.pos = torch.tensor(positions, dtype=torch.long, device=dev).view(-1, 1)
         self.batched = use_batched_kv(shards, caches, dev, batched_kv)
         if self.batched:
-            kv = BatchedDecodeKV(shards, caches)
+            kv = StaticKV(shards, caches)
             for c in caches or []:
-                c.length = None  # the batched copy's len_t is the only length from here on
-            self.state = BatchedGlobalAttention(group, kv)
-            self.counters = [kv.len_t]
+                c.length = None  # the copy's len_t is the only length from here on
+            self.state = StaticAttention(group, kv)
+            self.counters = [kv.len_t] if kv.has_own else []
         else:
             for c in caches or []:
                 c.make_static()
@@ -300,7 +299,7 @@ class DecodeStep:
             self._capture()
 
     def _forward(self) -> torch.Tensor:
-        with attention_state(self.state):
+        with attention_state(self.state), compiled_layers(self.model, self.layers):
             logits = self.model(input_ids=self.ids, position_ids=self.pos, use_cache=False,
                                 logits_to_keep=1).logits[:, -1]
         for n in self.counters:
@@ -377,8 +376,8 @@ def resolve_decode_mode(mode: str, model, device: torch.device, num_devices: int
 @torch.inference_mode()
 def generate(model, group, shards: list[ContextShard], queries: list[torch.Tensor], starts: list[int],
              max_new: list[int], samplers, stop_checkers, eos: set[int], keep_logits: bool = False,
-             decode: str = "eager", prefill_logits: bool = False, batched_kv: bool | None = None
-             ) -> list[Generation]:
+             decode: str = "eager", prefill_logits: bool = False, batched_kv: bool | None = None,
+             layers: str = "eager") -> list[Generation]:
     """Query prefill then decode for a batch of samples.
 
     queries[b]: (Tq_b,) long on the model device; starts[b]: sample b's context length (its first query
@@ -386,8 +385,9 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
     decode: eager (shapes shrink as samples finish), static (fixed shapes) or graph (static, replayed from
     a CUDA graph). prefill_logits: the host also keeps the logits of every query position (Tq, V) (to
     compare with a teacher-forced forward). batched_kv: static decode over one padded KV copy (True), per
-    sample (False), or as memory allows (None). Returns per sample the generated ids (without EOS), identical
-    on every worker.
+    sample (False), or as memory allows (None). layers: --prefill_layers for the query prefill and the static
+    steps (compiled decoder layers fuse their elementwise work; fused.compiled_layers). Returns per sample the
+    generated ids (without EOS), identical on every worker.
     """
     dev = queries[0].device
     n = len(queries)
@@ -402,7 +402,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
 
     def forward(batch: list[int], ids: torch.Tensor, position_ids: torch.Tensor, keep_all: bool = False):
         state = GlobalAttention(group, [shards[b] for b in batch], [caches[b] for b in batch] if host else None)
-        with attention_state(state):
+        with attention_state(state), compiled_layers(model, layers if ids.shape[1] > 1 else "eager"):
             logits = model(input_ids=ids, position_ids=position_ids, use_cache=False,
                            logits_to_keep=0 if keep_all else 1).logits
         if keep_all and host:
@@ -453,7 +453,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
     step = None  # static / graph: one fixed-shape step for the whole batch (finished samples ride along)
     if decode != "eager" and any(running):
         step = DecodeStep(model, group, shards, caches, last, pos, use_graph=decode == "graph",
-                          batched_kv=batched_kv)
+                          batched_kv=batched_kv, layers=layers)
     while any(running):  # decode, every unfinished sample one token per step
         tick()
         batch = [b for b in range(n) if running[b]]

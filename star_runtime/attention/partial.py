@@ -174,6 +174,45 @@ def masked_partial(q, k, v, scale: float, valid: torch.Tensor) -> tuple[torch.Te
     return out.reshape(B, Hq, Tq, D), lse.reshape(B, Hq, Tq)
 
 
+_CU = {}  # (rows, capacity, device) -> the varlen kernel's cumulative offsets, made once (CUDA-graph safe)
+
+
+def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: bool = False):
+    """One new token per row over each row's first ``used[a]`` slots (static decode, lengths on the device).
+
+    q: (A, Hq, 1, D); k_rows, v_rows: (A, C, Hkv, D); used: (A,) int32 on the device; slots: (C,) = arange(C).
+    Returns out (A, Hq, 1, D) (fp32; with ``native_out`` the kernel's dtype) and lse (A, Hq, 1) fp32. CUDA half
+    precision: the flash kernel in its varlen form (seqused_k), one launch for the batch, GQA native; elsewhere
+    (CPU, fp32, STAR_RUNTIME_ATTN_KERNEL=math) the fp32 masked math it is tested against.
+    """
+    a, hq, _, d = q.shape
+    c, hkv = k_rows.shape[1], k_rows.shape[2]
+    if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and _VARLEN_OK["ok"]
+            and _KERNEL in (None, "flash", "cudnn") and d <= 256 and d % 8 == 0):
+        key = (a, c, q.device)
+        if key not in _CU:
+            _CU[key] = (torch.arange(a + 1, dtype=torch.int32, device=q.device),
+                        torch.arange(a + 1, dtype=torch.int32, device=q.device) * c)
+        cu_q, cu_k = _CU[key]
+        try:
+            res = torch.ops.aten._flash_attention_forward(
+                q.reshape(a, hq, d), k_rows.view(a * c, hkv, d), v_rows.view(a * c, hkv, d), cu_q, cu_k, 1, c,
+                0.0, False, False, scale=scale, seqused_k=used)
+        except (RuntimeError, TypeError) as e:  # no varlen flash here: the masked math computes the same
+            _VARLEN_OK["ok"] = False
+            print(f"[star-runtime] varlen flash decode unavailable ({str(e).splitlines()[0][:80]}); using the "
+                  "masked math kernel", file=sys.stderr)
+        else:
+            out, lse = res[0].view(a, hq, 1, d), res[1]
+            lse = (lse.t() if lse.shape == (hq, a) else lse.reshape(a, hq)).reshape(a, hq, 1).float()
+            return (out if native_out else out.float()), lse
+    valid = (slots.unsqueeze(0) < used.unsqueeze(1))[:, None, None, None, :]  # (A, 1, 1, 1, C)
+    return masked_partial(q, k_rows.transpose(1, 2), v_rows.transpose(1, 2), scale, valid)
+
+
+_VARLEN_OK = {"ok": True}
+
+
 def reference_attention(q, k, v, scale, causal=False) -> torch.Tensor:
     """Plain softmax attention in fp64 for tests: q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D) -> (B, Hq, Tq, D)."""
     k, v = _expand_kv(q, k, v)

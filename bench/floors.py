@@ -1,0 +1,70 @@
+"""Physical floors measured on the card in the same run as the benchmark they sit beside.
+
+* weight read: every linear layer of the model (decoder layers + LM head) applied to ``tokens`` tokens,
+  replayed from one CUDA graph: the time to read every weight once (matmuls at the card's real speed);
+* copy bandwidth: a large device-to-device copy, bytes read + written over time: the rate any pass over
+  the KV can reach; the KV floor is the KV bytes read once at that rate.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+
+def _median_ms(fn, repeats: int = 20) -> float:
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def linear_floor_ms(model, tokens: int) -> float:
+    """Milliseconds for every nn.Linear of the decoder layers and the LM head on a (tokens, in) input, one CUDA
+    graph replay (the weights read once; the same matmul kernels the model runs)."""
+    dev = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    linears = [m for m in model.get_decoder().layers.modules() if isinstance(m, torch.nn.Linear)]
+    head = model.get_output_embeddings()
+    head_tokens = 1  # the runtime keeps the logits of the last position only (logits_to_keep=1)
+    xs = {f: torch.randn(tokens, f, device=dev, dtype=dtype) for f in {m.in_features for m in linears}}
+    xh = torch.randn(head_tokens, head.in_features, device=dev, dtype=dtype)
+
+    def run():
+        for m in linears:
+            torch.nn.functional.linear(xs[m.in_features], m.weight, m.bias)
+        torch.nn.functional.linear(xh, head.weight, getattr(head, "bias", None))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    graph.replay()
+    return _median_ms(graph.replay)
+
+
+def copy_bandwidth(device, nbytes: int = 4 << 30) -> float:
+    """Bytes per second of a device-to-device copy (read + write counted)."""
+    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
+    b = torch.empty_like(a)
+    b.copy_(a)
+    ms = _median_ms(lambda: b.copy_(a), repeats=10)
+    del a, b
+    return 2 * nbytes / (ms / 1e3)
+
+
+def kv_bytes_per_token(model) -> int:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * next(model.parameters()).element_size()
