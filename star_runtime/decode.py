@@ -24,7 +24,7 @@ import torch
 from .attention.hooks import attention_state
 from .fused import compiled_layers
 from .attention.merge import merge_partials, merge_two, pack, unpack
-from .attention.partial import decode_partial, empty_partial, masked_partial, partial_attention
+from .attention.partial import decode_partial, empty_partial, masked_partial, partial_attention, prefill_partial
 from .kv.shard import ContextShard
 from .models.loader import num_layers
 from .progress import tick
@@ -122,7 +122,7 @@ class StaticKV:
             self.v.append(v)
         self.has_own = caches is not None
         self.len_t = torch.tensor([n + o for n, o in zip(lens, own)], dtype=torch.long, device=dev)
-        self.rows = torch.arange(a, device=dev)
+        self.row_ids = torch.arange(a, device=dev)
         self.slots = torch.arange(self.capacity, device=dev)
         self.used = None
 
@@ -142,8 +142,8 @@ class StaticKV:
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: (A, H_kv, 1, D), each sample's new token, written at its slot len_t."""
-        self.k[layer][self.rows, self.len_t] = k[:, :, 0]
-        self.v[layer][self.rows, self.len_t] = v[:, :, 0]
+        self.k[layer][self.row_ids, self.len_t] = k[:, :, 0]
+        self.v[layer][self.row_ids, self.len_t] = v[:, :, 0]
 
 
 def _reference_tensor(shards: list[ContextShard], caches: list[QueryCache] | None) -> torch.Tensor | None:
@@ -276,15 +276,16 @@ class DecodeStep:
 
     def __init__(self, model, group, shards: list[ContextShard], caches: list[QueryCache] | None,
                  tokens: list[int], positions: list[int], use_graph: bool, batched_kv: bool | None = None,
-                 layers: str = "eager"):
+                 layers: str = "eager", kv: "StaticKV | Arena | None" = None):
+        """kv: a KV to decode over as it is (an Arena: kept, with this step, across requests; rearm())."""
         dev = group.device
         self.model = model
         self.layers = layers  # --prefill_layers: compiled decoder layers fuse the step's elementwise work too
         self.ids = torch.tensor(tokens, dtype=torch.long, device=dev).view(-1, 1)
         self.pos = torch.tensor(positions, dtype=torch.long, device=dev).view(-1, 1)
-        self.batched = use_batched_kv(shards, caches, dev, batched_kv)
+        self.batched = kv is not None or use_batched_kv(shards, caches, dev, batched_kv)
         if self.batched:
-            kv = StaticKV(shards, caches)
+            kv = kv if kv is not None else StaticKV(shards, caches)
             for c in caches or []:
                 c.length = None  # the copy's len_t is the only length from here on
             self.state = StaticAttention(group, kv)
@@ -322,6 +323,11 @@ class DecodeStep:
             self.logits = self._forward()
         self._restore(saved_pos, saved_len)  # capture records; make sure nothing moved
 
+    def rearm(self, tokens: list[int], positions: list[int]) -> None:
+        """A new request on the same KV (an Arena): its first tokens and positions (its lengths are the KV's)."""
+        self.ids.copy_(torch.tensor(tokens, dtype=torch.long).view(-1, 1))
+        self.pos.copy_(torch.tensor(positions, dtype=torch.long).view(-1, 1))
+
     def _restore(self, pos, lens) -> None:
         self.pos.copy_(pos)
         for n, saved in zip(self.counters, lens):
@@ -336,6 +342,161 @@ class DecodeStep:
             self.graph.replay()
             out = self.logits
         return out
+
+
+# -- one request on one worker, from CUDA graphs kept across requests ------------------------------------------
+def bucket(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+def query_bucket(t: int) -> int:
+    """Query lengths share graphs in buckets: 16, 32, 64, ... tokens."""
+    return max(16, 1 << (t - 1).bit_length())
+
+
+def context_bucket(need: int) -> int:
+    """Arena capacities: multiples of 2048 tokens up to 8192, of 8192 beyond."""
+    return bucket(need, 2048) if need <= 8192 else bucket(need, 8192)
+
+
+def arena_path(world_size: int, samples: int, decode: str) -> bool:
+    """One sample on one worker with fixed-shape steps: its query prefill and decode run over an Arena (the
+    same choice phase 1 makes when it writes its KV into one)."""
+    return world_size == 1 and samples == 1 and decode in ("static", "graph")
+
+
+class Arena:
+    """One sample's phase-2 KV on one worker, kept across requests: a token-major buffer of a capacity bucket,
+    with the steps over it (query prefill per query-length bucket, decode) that capture their CUDA graphs once
+    and are replayed by every later request of the bucket (a graph records addresses: the buffers stay).
+
+    rows: (layers, 2, C, H_kv, D) -- the context at [0, L), then the query and generated tokens. As a StaticKV
+    for StaticAttention: k[layer], v[layer] (1, C, H_kv, D), len_t (1,) (filled slots), has_own.
+    """
+
+    def __init__(self, num_layers: int, capacity: int, hkv: int, d: int, dtype, device):
+        self.capacity = capacity
+        self.rows = torch.zeros((num_layers, 2, capacity, hkv, d), dtype=dtype, device=device)
+        self.k = [self.rows[layer, 0].unsqueeze(0) for layer in range(num_layers)]
+        self.v = [self.rows[layer, 1].unsqueeze(0) for layer in range(num_layers)]
+        self.len_t = torch.zeros(1, dtype=torch.long, device=device)
+        self.row_ids = torch.zeros(1, dtype=torch.long, device=device)
+        self.slots = torch.arange(capacity, device=device)
+        self.has_own = True
+        self.used = None
+        self.prefills: dict[int, PrefillStep] = {}
+        self.step: DecodeStep | None = None
+
+    def load(self, shard: ContextShard) -> None:
+        """This request's context: written here by phase 1 already (shard.rows), else copied in."""
+        n = len(shard)
+        if shard.rows is not self.rows:
+            for layer in range(len(self.k)):
+                k, v = shard.get(layer)
+                if n:
+                    self.rows[layer, 0, :n] = k[0].transpose(0, 1)
+                    self.rows[layer, 1, :n] = v[0].transpose(0, 1)
+        self.len_t.fill_(n)
+
+    begin_step = StaticKV.begin_step
+    write = StaticKV.write
+
+
+class Arenas:
+    """A worker's arenas by capacity bucket, the most recently used kept (each holds its graphs)."""
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self.by_capacity: dict[int, Arena] = {}
+
+    def for_request(self, model, context: int, query: int, max_new: int, device) -> Arena:
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        cap = context_bucket(context + query_bucket(query) + max_new + 1)
+        arena = self.by_capacity.pop(cap, None)
+        if arena is None:
+            while len(self.by_capacity) >= self.keep:
+                self.by_capacity.pop(next(iter(self.by_capacity)))
+            arena = Arena(cfg.num_hidden_layers, cap, cfg.num_key_value_heads, hd, model.dtype, device)
+        self.by_capacity[cap] = arena  # most recent last
+        return arena
+
+
+class PrefillAttention:
+    """The query of one sample (T real tokens padded to Tb) over its Arena: write the Tb tokens' KV after the
+    context, attend causally over context + the real query tokens (one varlen flash launch on GPUs).
+
+    q: (1, Hq, Tb, D); k, v: (1, Hkv, Tb, D). Returns (1, Hq, Tb, D); rows past T are padding (never read).
+    """
+
+    def __init__(self, group, arena: Arena, step: "PrefillStep"):
+        self.group, self.arena, self.step = group, arena, step
+        self.used = None
+
+    def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
+        a, st = self.arena, self.step
+        if layer == 0:
+            self.used = (a.len_t + st.tq).to(torch.int32)
+            self.slots = a.len_t + st.offsets
+        a.rows[layer, 0].index_copy_(0, self.slots, k[0].transpose(0, 1))
+        a.rows[layer, 1].index_copy_(0, self.slots, v[0].transpose(0, 1))
+        out, lse = prefill_partial(q, a.k[layer], a.v[layer], self.used, st.cu_q, a.slots, scale, native_out=True)
+        return out.to(q.dtype)
+
+
+class PrefillStep:
+    """The query prefill of one sample over an Arena for query bucket Tb, fixed shapes (lengths, the real
+    query length and the kept logit's index on the device): replayed from a CUDA graph (graph=True, captured at
+    the bucket's second request, so a first one costs what an eager prefill costs) or run as it is. Returns
+    the logits (1, V) of the last real query token."""
+
+    def __init__(self, model, group, arena: Arena, tb: int, use_graph: bool, layers: str):
+        dev = group.device
+        self.model, self.group, self.arena, self.tb = model, group, arena, tb
+        self.use_graph, self.layers = use_graph, layers
+        self.ids = torch.zeros((1, tb), dtype=torch.long, device=dev)
+        self.pos = torch.zeros((1, tb), dtype=torch.long, device=dev)
+        self.tq = torch.ones(1, dtype=torch.long, device=dev)
+        self.keep = torch.zeros(1, dtype=torch.long, device=dev)
+        self.cu_q = torch.tensor([0, 1], dtype=torch.int32, device=dev)
+        self.offsets = torch.arange(tb, device=dev)
+        self.state = PrefillAttention(group, arena, self)
+        self.graph = None
+        self.calls = 0
+
+    def _forward(self) -> torch.Tensor:
+        with attention_state(self.state), compiled_layers(self.model, self.layers):
+            logits = self.model(input_ids=self.ids, position_ids=self.pos, use_cache=False,
+                                logits_to_keep=self.keep).logits[:, -1]
+        self.arena.len_t += self.tq
+        return logits
+
+    def __call__(self, query: torch.Tensor, start: int) -> torch.Tensor:
+        t = query.numel()
+        self.ids.zero_()
+        self.ids[0, :t] = query
+        self.pos.copy_(torch.arange(start, start + self.tb, device=self.pos.device).view(1, -1))
+        self.tq.fill_(t)
+        self.keep.fill_(t - 1)
+        self.cu_q[1] = t
+        self.calls += 1
+        if not self.use_graph or self.calls == 1:  # the first request of a bucket runs as it is (no capture)
+            return self._forward()
+        if self.graph is None:
+            saved = self.arena.len_t.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up: kernels chosen, compiled layers built
+                for _ in range(2):
+                    self._forward()
+                    self.arena.len_t.copy_(saved)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.logits = self._forward()
+            self.arena.len_t.copy_(saved)
+        self.graph.replay()
+        return self.logits
 
 
 # -- the decode loop -----------------------------------------------------------------------------------------
@@ -377,7 +538,7 @@ def resolve_decode_mode(mode: str, model, device: torch.device, num_devices: int
 def generate(model, group, shards: list[ContextShard], queries: list[torch.Tensor], starts: list[int],
              max_new: list[int], samplers, stop_checkers, eos: set[int], keep_logits: bool = False,
              decode: str = "eager", prefill_logits: bool = False, batched_kv: bool | None = None,
-             layers: str = "eager") -> list[Generation]:
+             layers: str = "eager", arenas: "Arenas | None" = None) -> list[Generation]:
     """Query prefill then decode for a batch of samples.
 
     queries[b]: (Tq_b,) long on the model device; starts[b]: sample b's context length (its first query
@@ -387,7 +548,8 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
     compare with a teacher-forced forward). batched_kv: static decode over one padded KV copy (True), per
     sample (False), or as memory allows (None). layers: --prefill_layers for the query prefill and the static
     steps (compiled decoder layers fuse their elementwise work; fused.compiled_layers). Returns per sample the
-    generated ids (without EOS), identical on every worker.
+    generated ids (without EOS), identical on every worker. arenas: the worker's Arenas; one sample on one
+    worker with fixed-shape steps then prefills and decodes over an Arena, from graphs kept across requests.
     """
     dev = queries[0].device
     n = len(queries)
@@ -442,16 +604,33 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
             elif gens[b].steps >= max_new[b]:
                 running[b] = False
 
+    arena = None
+    if arenas is not None and arena_path(group.world_size, n, decode) and not prefill_logits:
+        arena = arenas.for_request(model, len(shards[0]), queries[0].numel(), max_new[0], dev)
     for b in range(n):  # query prefill, one sample at a time
         t0 = time.perf_counter()
         q = queries[b]
-        p = torch.arange(starts[b], starts[b] + q.numel(), device=dev).unsqueeze(0)
-        decide([b], forward([b], q.unsqueeze(0), p, keep_all=prefill_logits))
+        if arena is not None:  # fixed shapes over the arena: one graph replay
+            arena.load(shards[b])
+            tb = query_bucket(q.numel())
+            if tb not in arena.prefills:
+                arena.prefills[tb] = PrefillStep(model, group, arena, tb, decode == "graph", layers)
+            decide([b], arena.prefills[tb](q, starts[b]))
+        else:
+            p = torch.arange(starts[b], starts[b] + q.numel(), device=dev).unsqueeze(0)
+            decide([b], forward([b], q.unsqueeze(0), p, keep_all=prefill_logits))
         sync_device(dev)
         gens[b].first_token_s = time.perf_counter() - t0
 
     step = None  # static / graph: one fixed-shape step for the whole batch (finished samples ride along)
-    if decode != "eager" and any(running):
+    if arena is not None and any(running):
+        if arena.step is None:
+            arena.step = DecodeStep(model, group, shards, None, last, pos, use_graph=decode == "graph",
+                                    layers=layers, kv=arena)
+        else:
+            arena.step.rearm(last, pos)
+        step = arena.step
+    elif decode != "eager" and any(running):
         step = DecodeStep(model, group, shards, caches, last, pos, use_graph=decode == "graph",
                           batched_kv=batched_kv, layers=layers)
     while any(running):  # decode, every unfinished sample one token per step

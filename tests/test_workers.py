@@ -142,3 +142,28 @@ def test_star_blocks_in_several_batches_equal_one_batch():
             out.append(run_ids(eng, ctx, query, 6))
     assert out[0].tokens == out[1].tokens
     assert torch.allclose(out[0].logits[0], out[1].logits[0], atol=1e-5)
+
+
+def test_one_request_at_a_time_over_kept_arenas_equals_eager():
+    """One sample on one worker with fixed-shape steps runs over an Arena kept across requests (its query
+    prefill and decode steps made once per bucket, re-armed per request): requests of one bucket and of
+    another, in turn, give what the shrinking eager decode gives."""
+    cases = [(random_ids(n, 7 + n), random_ids(q, 9 + q)) for n, q in [(90, 5), (200, 17), (60, 3), (300, 9)]]
+    for mode, kw in [("dense", {}), ("star", {"block_size": 64}), ("block", {})]:
+        out = {}
+        for decode in ("eager", "static"):
+            with make_engine(attn_type=mode, decode=decode, **kw) as eng:
+                if mode == "block":
+                    reqs = [eng.prepare("", f" Question {i}?", blocks=[f"Passage {i}.{j} with words. " * (j + 2)
+                                                                        for j in range(3)], keep_logits=True,
+                                        max_new_tokens=6 + i) for i in range(4)]
+                else:
+                    from star_runtime.parallel.worker import Request
+
+                    reqs = [Request(i, c, q, 6 + i, keep_logits=True) for i, (c, q) in enumerate(cases)]
+                out[decode] = [eng.run(r) for r in reqs + reqs[:1]]  # the first again: its arena is reused
+                if decode == "static":
+                    assert eng.launcher.worker.arenas.by_capacity  # the runs went over arenas
+        for e, s in zip(out["eager"], out["static"]):
+            assert s.tokens == e.tokens
+            assert_same_steps(s.logits, e.logits, 1e-4)

@@ -213,6 +213,39 @@ def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: boo
 _VARLEN_OK = {"ok": True}
 
 
+def prefill_partial(q, k_rows, v_rows, used, cu_q, slots, scale: float, native_out: bool = False):
+    """The T real tokens of one sample's query (padded to Tb) attend causally over the first ``used`` slots of
+    its rows, which end with those T tokens (query token i sees slots < used - T + i + 1: the context and the
+    query tokens up to itself).
+
+    q: (1, Hq, Tb, D); k_rows, v_rows: (1, C, Hkv, D); used: (1,) int32; cu_q: (2,) int32 = [0, T] on the
+    device; slots: (C,) = arange(C). Returns out (1, Hq, Tb, D), lse (1, Hq, Tb); rows past T are padding.
+    CUDA half precision: one varlen flash launch (bottom-right causal, seqused_k); elsewhere fp32 masked math.
+    """
+    _, hq, tb, d = q.shape
+    c, hkv = k_rows.shape[1], k_rows.shape[2]
+    if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and _VARLEN_OK["ok"]
+            and _KERNEL in (None, "flash", "cudnn") and d <= 256 and d % 8 == 0):
+        key = ("prefill", c, q.device)
+        if key not in _CU:
+            _CU[key] = torch.tensor([0, c], dtype=torch.int32, device=q.device)
+        try:
+            res = torch.ops.aten._flash_attention_forward(
+                q[0].transpose(0, 1).contiguous(), k_rows.view(c, hkv, d), v_rows.view(c, hkv, d), cu_q, _CU[key],
+                tb, c, 0.0, True, False, scale=scale, seqused_k=used)
+        except (RuntimeError, TypeError) as e:
+            _VARLEN_OK["ok"] = False
+            print(f"[star-runtime] varlen flash prefill unavailable ({str(e).splitlines()[0][:80]}); using the "
+                  "masked math kernel", file=sys.stderr)
+        else:
+            out = res[0].transpose(0, 1).unsqueeze(0)  # (1, Hq, Tb, D)
+            lse = res[1].reshape(hq, -1)[:, :tb].unsqueeze(0).float()
+            return (out if native_out else out.float()), lse
+    limit = used.long() - cu_q[1].long() + torch.arange(tb, device=q.device) + 1  # (Tb,) slots each row sees
+    valid = (slots.unsqueeze(0) < limit.unsqueeze(1))[None, None, None]  # (1, 1, 1, Tb, C)
+    return masked_partial(q, k_rows.transpose(1, 2), v_rows.transpose(1, 2), scale, valid)
+
+
 def reference_attention(q, k, v, scale, causal=False) -> torch.Tensor:
     """Plain softmax attention in fp64 for tests: q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D) -> (B, Hq, Tq, D)."""
     k, v = _expand_kv(q, k, v)

@@ -18,6 +18,18 @@ class ContextShard:
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self._parts: list[list] = [[] for _ in range(num_layers)]
+        self.rows: torch.Tensor | None = None  # (layers, 2, C, H_kv, D) when the KV lives in a token-major buffer
+
+    @classmethod
+    def in_rows(cls, rows: torch.Tensor, length: int) -> "ContextShard":
+        """A shard whose KV is the first ``length`` tokens of a token-major buffer rows (layers, 2, C, H_kv, D)
+        (written in place, e.g. by kv/gather.py); get() returns (1, H_kv, length, D) views of it, no copy."""
+        shard = cls(rows.shape[0])
+        shard.rows = rows
+        for layer in range(rows.shape[0]):
+            shard.keys[layer] = rows[layer, 0, :length].transpose(0, 1).unsqueeze(0)
+            shard.values[layer] = rows[layer, 1, :length].transpose(0, 1).unsqueeze(0)
+        return shard
 
     def set(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: (1, H_kv, T, D)."""

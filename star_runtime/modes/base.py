@@ -68,7 +68,8 @@ class Mode:
     # -- worker side -----------------------------------------------------------------------------------
     def encode(self, worker, req, cfg):
         """Phase 1 of one sample on one worker -> its ContextShard. worker: model, group, device, pad_id,
-        mode_state(); req: the Request; cfg: the run's settings with this call's overrides."""
+        mode_state(), context_rows(req) (a buffer phase 2 will use, to write the KV into, or None); req: the
+        Request; cfg: the run's settings with this call's overrides."""
         raise NotImplementedError
 
     def counters(self, worker) -> dict[str, int] | None:

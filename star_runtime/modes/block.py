@@ -22,6 +22,7 @@ from ..attention.partial import partial_attention
 from ..attention.rope import RopeReencoder, frame_tag
 from ..errors import ConfigError
 from ..kv.block_store import BlockStore, block_key, gib
+from ..kv.gather import gather_rotate
 from ..kv.shard import ContextShard
 from ..models.loader import num_layers, text_config
 from ..prompts import split_blocks, tokenize_blocks
@@ -103,21 +104,21 @@ def encode_new_blocks(model, blocks: list[BlockSpec], reencoder: RopeReencoder, 
     with attention_state(state):
         model.get_decoder()(input_ids=ids, position_ids=pos, use_cache=False)
     kv = torch.stack(state.kv)  # (layers, 2, B, H_kv, longest, D)
-    return [(kv[:, :, i, :, : len(b.ids)].clone(), inv_freq) for i, b in enumerate(blocks)]
+    return [(kv[:, :, i, :, : len(b.ids)].contiguous(), inv_freq) for i, b in enumerate(blocks)]
 
 
 @torch.inference_mode()
 def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, reencoder: RopeReencoder,
-                  total_len: int, pad_id: int = 0) -> ContextShard:
+                  total_len: int, pad_id: int = 0, rows: torch.Tensor | None = None) -> ContextShard:
     """This worker's blocks -> its context shard, keys re-encoded to the blocks' offsets.
 
     total_len: the prompt's full length (context + final block), for RoPE types whose frequencies depend on
-    the sequence length (dynamic); a constant for the others.
+    the sequence length (dynamic); a constant for the others. rows: a token-major buffer (layers, 2, C, H_kv, D)
+    to assemble the shard in (phase 2's Arena, so nothing is copied again), else one is made.
     """
-    shard = ContextShard(num_layers(model))
     mine = [b for b in blocks if b.rank == rank]
     if not mine:
-        return shard
+        return ContextShard(num_layers(model))
     device = store.device
     found = {b.key: store.get(b.key, len(b.ids)) for b in mine}
     missing = list({b.key: b for b in mine if found[b.key] is None}.values())
@@ -125,15 +126,17 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
         for b, (kv, freq) in zip(missing, encode_new_blocks(model, missing, reencoder, device, pad_id, total_len)):
             store.put(b.key, kv, freq)
             found[b.key] = (kv, freq.cpu())
-    # Cached blocks stay at positions 0..L-1; the shard gets fresh copies: values concatenated, keys
-    # concatenated then rotated to their offsets (every layer at once).
-    keys = torch.cat([found[b.key][0][:, 0] for b in mine], dim=2)  # (layers, H_kv, L_mine, D)
-    values = torch.cat([found[b.key][0][:, 1] for b in mine], dim=2)
-    delta = _delta_angles(mine, found, reencoder, reencoder.inv_freq(total_len), device)
-    keys = reencoder.apply(keys, *reencoder.rotation(delta, device))
-    for layer in range(keys.shape[0]):
-        shard.set(layer, keys[layer].unsqueeze(0), values[layer].unsqueeze(0))
-    return shard
+    # Cached blocks stay at positions 0..L-1; the shard gets keys rotated to the blocks' offsets and values, in
+    # one pass over the entries (kv/gather.py)
+    delta = _delta_angles(mine, found, reencoder, reencoder.inv_freq(total_len), device).to(device, torch.float64)
+    cos, sin = torch.cos(delta).float(), torch.sin(delta).float()  # (L_mine, R/2)
+    entries = [found[b.key][0] for b in mine]
+    length = sum(len(b.ids) for b in mine)
+    if rows is None or rows.shape[2] < length:
+        e = entries[0]
+        rows = torch.empty((e.shape[0], 2, length, e.shape[2], e.shape[4]), dtype=e.dtype, device=device)
+    gather_rotate(entries, rows, cos, sin)
+    return ContextShard.in_rows(rows, length)
 
 
 def _delta_angles(mine: list[BlockSpec], found: dict, reencoder: RopeReencoder, dst_freq, device):
@@ -213,7 +216,7 @@ class BlockMode(Mode):
         st = worker.mode_state(self.name, self.worker_state)
         total = len(req.context_ids) + len(req.query_ids)
         return encode_blocks(worker.model, req.blocks, worker.group.rank, st.store, st.reencoder, total,
-                             worker.pad_id)
+                             worker.pad_id, rows=worker.context_rows(req))
 
     def counters(self, worker):
         s = worker.mode_state(self.name, BlockWorkerState).store.stats

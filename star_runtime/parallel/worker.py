@@ -17,7 +17,7 @@ from .. import progress
 from ..attention.rope import frame_crossing, rope_frame
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..decode import generate, resolve_decode_mode, sync_device
+from ..decode import Arenas, arena_path, generate, resolve_decode_mode, sync_device
 from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype
 from ..modes import get_mode
 from ..sampling import Sampler, StopChecker, eos_ids
@@ -126,9 +126,19 @@ class Worker:
         pad = getattr(self.model.config, "pad_token_id", None)
         self.pad_id = pad if isinstance(pad, int) else 0
         self._states: dict = {}
+        self.arenas = Arenas()  # phase-2 KV and CUDA graphs of one request at a time, kept across requests
+        self._arena_call = False
         mode = get_mode(cfg.attn_type)
         if mode.worker_state is not None:  # set up before the first request (a block store indexes its disk tier)
             self.mode_state(mode.name, mode.worker_state)
+
+    def context_rows(self, req: Request):
+        """The buffer phase 2 will attend over for ``req`` (an Arena's rows), for phase 1 to write the KV into,
+        or None when this call does not run over an arena."""
+        if not self._arena_call:
+            return None
+        return self.arenas.for_request(self.model, len(req.context_ids), len(req.query_ids), req.max_new_tokens,
+                                       self.device).rows
 
     def mode_state(self, name: str, factory):
         """This worker's state for mode ``name`` (e.g. block mode's store), made by factory(worker) once."""
@@ -144,6 +154,8 @@ class Worker:
     def _run_batch(self, reqs: list[Request], opts: Options) -> list[Reply]:
         g = self.group
         cfg = opts.layout(self.cfg)
+        decode = resolve_decode_mode(opts.decode or cfg.decode, self.model, self.device, len(self.devices))
+        self._arena_call = arena_path(g.world_size, len(reqs), decode) and not any(r.prefill_logits for r in reqs)
         shards, phase1, counts = [], [], []
         for req in reqs:
             prompt = len(req.context_ids) + len(req.query_ids)
@@ -171,12 +183,11 @@ class Worker:
             stops = [StopChecker(self.tokenizer, cfg.stop_words) for _ in reqs]
         eos = self.eos | ({e for r in reqs for e in r.extra_eos} if not cfg.ignore_eos else set())
         queries = [torch.tensor(r.query_ids, dtype=torch.long, device=self.device) for r in reqs]
-        decode = resolve_decode_mode(opts.decode or cfg.decode, self.model, self.device, len(self.devices))
         gens = generate(self.model, g, shards, queries, [len(r.context_ids) for r in reqs],
                         [r.max_new_tokens for r in reqs], samplers, stops, eos,
                         keep_logits=any(r.keep_logits for r in reqs), decode=decode,
                         prefill_logits=any(r.prefill_logits for r in reqs), batched_kv=opts.batched_kv,
-                        layers=cfg.prefill_layers)
+                        layers=cfg.prefill_layers, arenas=self.arenas)
         held = g.all_gather(torch.tensor([len(s) for s in shards], device=self.device)).T.tolist()
         caches = [None] * len(reqs)
         names = next((list(c) for c in counts if c is not None), None)

@@ -53,3 +53,34 @@ def test_varlen_decode_replays_in_a_cuda_graph_with_new_lengths():
     ref_out, ref_lse = fp64(q, k, v, used, scale)
     assert (out.double() - ref_out).abs().max().item() < 2e-2
     assert (lse.double() - ref_lse).abs().max().item() < 2e-2
+
+
+def test_varlen_prefill_is_causal_over_context_and_query():
+    """The query's T real tokens (padded to Tb) over [context ; query]: token i sees the context and the query
+    tokens up to itself; against fp64 and the masked math."""
+    from star_runtime.attention.partial import prefill_partial
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    c, tb, t, ctx = 4096, 64, 50, 3000
+    q = torch.randn(1, 32, tb, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, c, 8, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(1, c, 8, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    used = torch.tensor([ctx + t], dtype=torch.int32, device="cuda")
+    cu_q = torch.tensor([0, t], dtype=torch.int32, device="cuda")
+    slots = torch.arange(c, device="cuda")
+    scale = 128 ** -0.5
+    out, lse = prefill_partial(q, k, v, used, cu_q, slots, scale)
+    kk = k[0, : ctx + t].transpose(0, 1).double().repeat_interleave(4, 0)  # (32, n, D)
+    vv = v[0, : ctx + t].transpose(0, 1).double().repeat_interleave(4, 0)
+    s = torch.einsum("htd,hnd->htn", q[0, :, :t].double(), kk) * scale
+    mask = torch.arange(ctx + t, device="cuda")[None, :] > (ctx + torch.arange(t, device="cuda"))[:, None]
+    s = s.masked_fill(mask[None], float("-inf"))
+    ref = torch.einsum("htn,hnd->htd", torch.softmax(s, -1), vv)
+    assert (out[0, :, :t].double() - ref).abs().max().item() < 2e-2
+    assert (lse[0, :, :t].double() - torch.logsumexp(s, -1)).abs().max().item() < 2e-2
+    import star_runtime.attention.partial as partial
+
+    limit = used.long() - t + torch.arange(tb, device="cuda") + 1
+    valid = (slots[None, :] < limit[:, None])[None, None, None]
+    m_out, _ = partial.masked_partial(q, k.transpose(1, 2), v.transpose(1, 2), scale, valid)
+    assert (out[0, :, :t] - m_out[0, :, :t]).abs().max().item() < 2e-2
