@@ -222,28 +222,62 @@ def prefill_partial(q, k_rows, v_rows, used, cu_q, slots, scale: float, native_o
     device; slots: (C,) = arange(C). Returns out (1, Hq, Tb, D), lse (1, Hq, Tb); rows past T are padding.
     CUDA half precision: one varlen flash launch (bottom-right causal, seqused_k); elsewhere fp32 masked math.
     """
-    _, hq, tb, d = q.shape
-    c, hkv = k_rows.shape[1], k_rows.shape[2]
+    tb, d = q.shape[2], q.shape[3]
     if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and _VARLEN_OK["ok"]
             and _KERNEL in (None, "flash", "cudnn") and d <= 256 and d % 8 == 0):
-        key = ("prefill", c, q.device)
-        if key not in _CU:
-            _CU[key] = torch.tensor([0, c], dtype=torch.int32, device=q.device)
         try:
-            res = torch.ops.aten._flash_attention_forward(
-                q[0].transpose(0, 1).contiguous(), k_rows.view(c, hkv, d), v_rows.view(c, hkv, d), cu_q, _CU[key],
-                tb, c, 0.0, True, False, scale=scale, seqused_k=used)
+            return _prefill_flash(q, k_rows, v_rows, used, cu_q, scale, native_out)
         except (RuntimeError, TypeError) as e:
             _VARLEN_OK["ok"] = False
             print(f"[star-runtime] varlen flash prefill unavailable ({str(e).splitlines()[0][:80]}); using the "
                   "masked math kernel", file=sys.stderr)
-        else:
-            out = res[0].transpose(0, 1).unsqueeze(0)  # (1, Hq, Tb, D)
-            lse = res[1].reshape(hq, -1)[:, :tb].unsqueeze(0).float()
-            return (out if native_out else out.float()), lse
     limit = used.long() - cu_q[1].long() + torch.arange(tb, device=q.device) + 1  # (Tb,) slots each row sees
     valid = (slots.unsqueeze(0) < limit.unsqueeze(1))[None, None, None]  # (1, 1, 1, Tb, C)
     return masked_partial(q, k_rows.transpose(1, 2), v_rows.transpose(1, 2), scale, valid)
+
+
+PREFILL_CHUNK = 4096  # context keys per piece of the query prefill's attention (pieces run side by side)
+
+
+def _prefill_flash(q, k_rows, v_rows, used, cu_q, scale, native_out):
+    """prefill_partial on the GPU in two varlen flash launches, both with their lengths on the device: the
+    context [0, L) cut into pieces of PREFILL_CHUNK keys that run side by side (one query copy per piece, so
+    the whole card works on one short query), and the query over its own T slots [L, L + T) causally; the
+    pieces' partials are merged by their log-sum-exp (attention/merge.py)."""
+    from .merge import merge_partials
+
+    _, hq, tb, d = q.shape
+    c, hkv = k_rows.shape[1], k_rows.shape[2]
+    k, v = k_rows.view(c, hkv, d), v_rows.view(c, hkv, d)
+    n = -(-c // PREFILL_CHUNK)
+    key = ("prefill", c, tb, q.device)
+    if key not in _CU:
+        dev = q.device
+        _CU[key] = (torch.arange(n + 1, dtype=torch.int32, device=dev) * tb,
+                    torch.arange(n + 1, dtype=torch.int32, device=dev) * PREFILL_CHUNK,
+                    torch.arange(n, dtype=torch.int64, device=dev) * PREFILL_CHUNK,
+                    torch.arange(tb, device=dev))
+    cu_qs, cu_ks, starts, rows = _CU[key]
+    t = cu_q[1:2].long()
+    ctx = used.long() - t  # (1,) context length
+    piece = (ctx - starts).clamp(0, PREFILL_CHUNK)  # (n,) keys of each piece
+    qt = q[0].transpose(0, 1)  # (Tb, Hq, D)
+    res = torch.ops.aten._flash_attention_forward(
+        qt.repeat(n, 1, 1), k, v, cu_qs, cu_ks, tb, PREFILL_CHUNK, 0.0, False, False, scale=scale,
+        seqused_k=piece.to(torch.int32))
+    empty = (piece == 0).view(n, 1, 1)
+    oc = torch.where(empty.unsqueeze(-1), 0, res[0].view(n, tb, hq, d))  # an empty piece weighs nothing
+    lc = res[1].reshape(hq, n, tb).permute(1, 2, 0).float().masked_fill(empty, float("-inf"))  # (n, Tb, Hq)
+    own_k = torch.cat((ctx, ctx + tb)).to(torch.int32)  # the query's own slots start after the context
+    res = torch.ops.aten._flash_attention_forward(
+        qt, k, v, cu_q, own_k, tb, tb, 0.0, True, False, scale=scale, seqused_k=t.to(torch.int32))
+    real = (rows < t).view(tb, 1)
+    oo = torch.where(real.unsqueeze(-1), res[0], 0).unsqueeze(0)  # rows past T: padding, made harmless
+    lo = res[1].reshape(hq, -1)[:, :tb].t().float().masked_fill(~real, float("-inf")).unsqueeze(0)
+    outs = torch.cat((oc, oo)).permute(0, 2, 1, 3).unsqueeze(1)  # (n + 1, 1, Hq, Tb, D)
+    lses = torch.cat((lc, lo)).permute(0, 2, 1).unsqueeze(1)  # (n + 1, 1, Hq, Tb)
+    out, lse = merge_partials(outs.float(), lses)
+    return (out.to(q.dtype) if native_out else out), lse
 
 
 def reference_attention(q, k, v, scale, causal=False) -> torch.Tensor:

@@ -12,11 +12,14 @@ from __future__ import annotations
 import torch
 
 
-def gather_rotate(entries: list[torch.Tensor], dst: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """Fill dst[:, :, :L] from the entries (L = their total length); see the module docstring for shapes."""
+def gather_rotate(entries: list[torch.Tensor], dst: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  tok_block: torch.Tensor | None = None, tok_local: torch.Tensor | None = None) -> None:
+    """Fill dst[:, :, :L] from the entries (L = their total length); see the module docstring for shapes.
+    tok_block (L,) int32 / tok_local (L,): each token's entry and position in it, on dst's device (made here
+    if not given)."""
     if dst.device.type == "cuda" and _triton_ok():
         try:
-            return _gather_rotate_triton(entries, dst, cos, sin)
+            return _gather_rotate_triton(entries, dst, cos, sin, tok_block, tok_local)
         except Exception as e:  # noqa: BLE001 -- a Triton build or launch problem: the torch path computes the same
             _STATE["triton"] = False
             import sys
@@ -106,7 +109,7 @@ def _kernel():
     return gather_rotate_kernel
 
 
-def _gather_rotate_triton(entries, dst, cos, sin) -> None:
+def _gather_rotate_triton(entries, dst, cos, sin, tok_block=None, tok_local=None) -> None:
     import triton
 
     layers, _, cap, hkv, d = dst.shape
@@ -118,11 +121,15 @@ def _gather_rotate_triton(entries, dst, cos, sin) -> None:
     lens = [e.shape[3] for e in entries]
     total = sum(lens)
     dev = dst.device
-    table = torch.tensor([e.data_ptr() for e in entries], dtype=torch.int64).to(dev, non_blocking=True)
-    lens_t = torch.tensor(lens, dtype=torch.int32).to(dev, non_blocking=True)
-    tok_block = torch.repeat_interleave(torch.arange(len(entries), dtype=torch.int32), torch.tensor(lens))
-    tok_local = torch.cat([torch.arange(n, dtype=torch.int32) for n in lens])
-    tok_block, tok_local = tok_block.to(dev, non_blocking=True), tok_local.to(dev, non_blocking=True)
+    meta = torch.tensor([e.data_ptr() for e in entries] + lens, dtype=torch.int64)
+    meta = (meta.pin_memory() if dev.type == "cuda" else meta).to(dev, non_blocking=True)
+    table, lens_t = meta[:len(entries)], meta[len(entries):].to(torch.int32)
+    if tok_block is None:
+        n = torch.tensor(lens, device=dev)
+        tok_block = torch.repeat_interleave(torch.arange(len(entries), device=dev, dtype=torch.int32), n,
+                                            output_size=total)
+        tok_local = torch.arange(total, device=dev) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n,
+                                                                              output_size=total)
     block_t = 32
     grid = (triton.cdiv(total, block_t), layers * hkv)
     _kernel()[grid](table, lens_t, tok_block, tok_local, cos.contiguous(), sin.contiguous(), dst, total, cap,

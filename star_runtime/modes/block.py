@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+
+import numpy as np
 from dataclasses import dataclass
 
 import torch
@@ -128,31 +130,46 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
             found[b.key] = (kv, freq.cpu())
     # Cached blocks stay at positions 0..L-1; the shard gets keys rotated to the blocks' offsets and values, in
     # one pass over the entries (kv/gather.py)
-    delta = _delta_angles(mine, found, reencoder, reencoder.inv_freq(total_len), device).to(device, torch.float64)
+    layout = token_layout(mine, device)
+    delta = _delta_angles(mine, found, reencoder, reencoder.inv_freq(total_len), layout).to(device, torch.float64)
     cos, sin = torch.cos(delta).float(), torch.sin(delta).float()  # (L_mine, R/2)
     entries = [found[b.key][0] for b in mine]
     length = sum(len(b.ids) for b in mine)
     if rows is None or rows.shape[2] < length:
         e = entries[0]
         rows = torch.empty((e.shape[0], 2, length, e.shape[2], e.shape[4]), dtype=e.dtype, device=device)
-    gather_rotate(entries, rows, cos, sin)
+    gather_rotate(entries, rows, cos, sin, layout[0], layout[1])
     return ContextShard.in_rows(rows, length)
 
 
-def _delta_angles(mine: list[BlockSpec], found: dict, reencoder: RopeReencoder, dst_freq, device):
+def _delta_angles(mine: list[BlockSpec], found: dict, reencoder: RopeReencoder, dst_freq, layout):
     """(L_mine, D/2) angles from each block's stored positions/frequencies to its offset in the prompt.
 
-    Positions are built on the CPU and moved once; blocks encoded with the same frequencies (every RoPE type
-    but the dynamic ones) share one computation.
+    layout: (tok_block, tok_local, dst_pos) per token on the device (TokenLayout); blocks encoded with the same
+    frequencies (every RoPE type but the dynamic ones) share one computation.
     """
-    src = torch.cat([torch.arange(len(b.ids)) for b in mine]).to(device, non_blocking=True)
-    dst = torch.cat([torch.arange(b.offset, b.offset + len(b.ids)) for b in mine]).to(device, non_blocking=True)
+    _, src, dst = layout
     freqs = [found[b.key][1] for b in mine]
     if all(torch.equal(f, freqs[0]) for f in freqs[1:]):
         return reencoder.delta(src, freqs[0], dst, dst_freq)
-    src_freq = torch.cat([f.expand(len(b.ids), -1) for b, f in zip(mine, freqs)]).to(device)
+    src_freq = torch.cat([f.expand(len(b.ids), -1) for b, f in zip(mine, freqs)]).to(dst.device)
     return (reencoder.angles(dst, dst_freq).double()
             - (src.float()[:, None] * src_freq.float()).double())
+
+
+def token_layout(mine: list[BlockSpec], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per context token of this worker, on the device, from one host-to-device copy: its block's index among
+    ``mine``, its position inside the block (where it was encoded) and its position in the prompt."""
+    lens = np.array([len(b.ids) for b in mine], dtype=np.int64)
+    starts = np.cumsum(lens) - lens
+    block = np.repeat(np.arange(len(mine)), lens)
+    local = np.arange(int(lens.sum())) - np.repeat(starts, lens)
+    dst = np.repeat(np.array([b.offset for b in mine], dtype=np.int64), lens) + local
+    packed = torch.from_numpy(np.stack([block, local, dst]))
+    if device.type == "cuda":
+        packed = packed.pin_memory()
+    packed = packed.to(device, non_blocking=True)
+    return packed[0].to(torch.int32), packed[1], packed[2]
 
 
 class BlockWorkerState:
