@@ -574,14 +574,13 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
                 caches[b].commit(ids.shape[1])
         return logits[:, -1]
 
-    def decide(batch: list[int], logits: torch.Tensor | None) -> None:
-        """Host picks each sample's token and stop flag; every worker receives them."""
-        msg = torch.zeros(len(batch), 2, dtype=torch.long, device=dev)
+    def decide(batch: list[int], logits: torch.Tensor | None, greedy: list[int] | None = None) -> None:
+        """Host picks each sample's token and stop flag; every worker receives them (one worker: no copies).
+        greedy: the batch's argmax tokens when the caller has them already."""
         if host:
             rows = []
             # greedy batch: one argmax and one device-to-host copy for every sample
-            greedy = None
-            if all(samplers[b].temperature == 0 for b in batch):
+            if greedy is None and all(samplers[b].temperature == 0 for b in batch):
                 greedy = torch.argmax(logits, dim=-1).tolist()
             for i, b in enumerate(batch):
                 if keep_logits:
@@ -591,9 +590,12 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
                 if not stop and stop_checkers[b] is not None and stop_checkers[b](gens[b].tokens + [tok]):
                     stop = STOP_WORD
                 rows.append((tok, stop))
-            msg.copy_(torch.tensor(rows, dtype=torch.long))
-        group.broadcast(msg, group.host)
-        for (tok, stop), b in zip(msg.tolist(), batch):
+        if group.world_size > 1:
+            msg = torch.tensor(rows, dtype=torch.long, device=dev) if host else \
+                torch.zeros(len(batch), 2, dtype=torch.long, device=dev)
+            group.broadcast(msg, group.host)
+            rows = msg.tolist()
+        for (tok, stop), b in zip(rows, batch):
             gens[b].steps += 1
             if stop != EOS:
                 gens[b].tokens.append(tok)
@@ -633,13 +635,21 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
     elif decode != "eager" and any(running):
         step = DecodeStep(model, group, shards, caches, last, pos, use_graph=decode == "graph",
                           batched_kv=batched_kv, layers=layers)
+    next_ids = None  # the next step's input tokens (A,), on the device, when the last step chose them there
     while any(running):  # decode, every unfinished sample one token per step
         tick()
         batch = [b for b in range(n) if running[b]]
         t0 = time.perf_counter()
         if step is not None:
-            logits = step(torch.tensor(last, dtype=torch.long, device=dev))
-            decide(batch, logits[batch] if host else None)
+            logits = step(next_ids if next_ids is not None else torch.tensor(last, dtype=torch.long, device=dev))
+            next_ids = None
+            if group.world_size == 1 and all(samplers[b].temperature == 0 for b in range(n)):
+                # greedy on one worker: the next step's input stays on the device, one copy to the host
+                next_ids = torch.argmax(logits, dim=-1)
+                picked = next_ids.tolist()
+                decide(batch, logits[batch], [picked[b] for b in batch])
+            else:
+                decide(batch, logits[batch] if host else None)
         else:
             ids = torch.tensor([[last[b]] for b in batch], dtype=torch.long, device=dev)
             p = torch.tensor([[pos[b]] for b in batch], dtype=torch.long, device=dev)

@@ -248,12 +248,14 @@ def _prefill_flash(q, k_rows, v_rows, used, cu_q, scale, native_out):
 
     _, hq, tb, d = q.shape
     c, hkv = k_rows.shape[1], k_rows.shape[2]
+    if hq % hkv:
+        raise RuntimeError(f"{hq} query heads over {hkv} KV heads")
     k, v = k_rows.view(c, hkv, d), v_rows.view(c, hkv, d)
     n = -(-c // PREFILL_CHUNK)
     key = ("prefill", c, tb, q.device)
     if key not in _CU:
         dev = q.device
-        _CU[key] = (torch.arange(n + 1, dtype=torch.int32, device=dev) * tb,
+        _CU[key] = (torch.arange(n + 1, dtype=torch.int32, device=dev) * tb * (hq // hkv),
                     torch.arange(n + 1, dtype=torch.int32, device=dev) * PREFILL_CHUNK,
                     torch.arange(n, dtype=torch.int64, device=dev) * PREFILL_CHUNK,
                     torch.arange(tb, device=dev))
@@ -262,12 +264,18 @@ def _prefill_flash(q, k_rows, v_rows, used, cu_q, scale, native_out):
     ctx = used.long() - t  # (1,) context length
     piece = (ctx - starts).clamp(0, PREFILL_CHUNK)  # (n,) keys of each piece
     qt = q[0].transpose(0, 1)  # (Tb, Hq, D)
+    g = hq // hkv
+    # the G query heads of a KV head become G times the rows (no mask: exact), so each piece's keys are read
+    # once per KV head, not once per query head: row t * G + i is token t of query head j * G + i
+    folded = qt.view(tb, hkv, g, d).transpose(1, 2).reshape(tb * g, hkv, d)
     res = torch.ops.aten._flash_attention_forward(
-        qt.repeat(n, 1, 1), k, v, cu_qs, cu_ks, tb, PREFILL_CHUNK, 0.0, False, False, scale=scale,
+        folded.repeat(n, 1, 1), k, v, cu_qs, cu_ks, tb * g, PREFILL_CHUNK, 0.0, False, False, scale=scale,
         seqused_k=piece.to(torch.int32))
     empty = (piece == 0).view(n, 1, 1)
-    oc = torch.where(empty.unsqueeze(-1), 0, res[0].view(n, tb, hq, d))  # an empty piece weighs nothing
-    lc = res[1].reshape(hq, n, tb).permute(1, 2, 0).float().masked_fill(empty, float("-inf"))  # (n, Tb, Hq)
+    oc = res[0].view(n, tb, g, hkv, d).transpose(2, 3).reshape(n, tb, hq, d)
+    oc = torch.where(empty.unsqueeze(-1), 0, oc)  # an empty piece weighs nothing
+    lc = res[1].reshape(hkv, n, tb, g).permute(1, 2, 0, 3).reshape(n, tb, hq).float().masked_fill(empty,
+                                                                                               float("-inf"))
     own_k = torch.cat((ctx, ctx + tb)).to(torch.int32)  # the query's own slots start after the context
     res = torch.ops.aten._flash_attention_forward(
         qt, k, v, cu_q, own_k, tb, tb, 0.0, True, False, scale=scale, seqused_k=t.to(torch.int32))

@@ -122,7 +122,7 @@ def _gather_rotate_triton(entries, dst, cos, sin, tok_block=None, tok_local=None
     total = sum(lens)
     dev = dst.device
     meta = torch.tensor([e.data_ptr() for e in entries] + lens, dtype=torch.int64)
-    meta = (meta.pin_memory() if dev.type == "cuda" else meta).to(dev, non_blocking=True)
+    meta = meta.to(dev)
     table, lens_t = meta[:len(entries)], meta[len(entries):].to(torch.int32)
     if tok_block is None:
         n = torch.tensor(lens, device=dev)

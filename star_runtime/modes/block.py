@@ -165,10 +165,7 @@ def token_layout(mine: list[BlockSpec], device) -> tuple[torch.Tensor, torch.Ten
     block = np.repeat(np.arange(len(mine)), lens)
     local = np.arange(int(lens.sum())) - np.repeat(starts, lens)
     dst = np.repeat(np.array([b.offset for b in mine], dtype=np.int64), lens) + local
-    packed = torch.from_numpy(np.stack([block, local, dst]))
-    if device.type == "cuda":
-        packed = packed.pin_memory()
-    packed = packed.to(device, non_blocking=True)
+    packed = torch.from_numpy(np.stack([block, local, dst])).to(device)  # small: pinning would cost more
     return packed[0].to(torch.int32), packed[1], packed[2]
 
 
