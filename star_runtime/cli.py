@@ -13,6 +13,7 @@ COMMANDS = {
     "demo": ("star_runtime.needle", "find a needle in a generated haystack on the bundled model"),
     "finetune-block": ("star_runtime.finetune.train", "teach a model Block-Attention (RAG data, block masks)"),
     "eval-rag": ("star_runtime.finetune.eval_rag", "RAG accuracy on the held-out split in dense/block/star"),
+    "serve": ("star_runtime.serve.cli", "an OpenAI-compatible server (chat, completions, streaming, metrics)"),
 }
 
 
@@ -59,5 +60,7 @@ def run_main(fn, argv) -> int:
         return 128 + (signal.SIGTERM if name == "SIGTERM" else signal.SIGINT)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m star_runtime.cli: run the package's module, so its classes are the ones used
+    from star_runtime.cli import main as package_main
+
+    sys.exit(package_main())

@@ -661,3 +661,94 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
         for b in batch:
             gens[b].decode_s += dt
     return gens
+
+
+# -- continuous batching: sequences join and leave at step boundaries -------------------------------------------
+@dataclass
+class Sequence:
+    """One request being decoded on this worker: its context shard, its query/generated KV (query host), the
+    next position, the last token, and (host) its sampler, stop checker and tokens so far."""
+
+    shard: ContextShard
+    cache: QueryCache | None
+    pos: int
+    max_new: int
+    sampler: object = None
+    stop: object = None
+    last: int = 0
+    steps: int = 0
+    tokens: list[int] = field(default_factory=list)
+
+
+class Sequences:
+    """The sequences one worker decodes for a server (SPMD: every worker holds the same sequence ids).
+
+    ``add`` runs a newcomer's query prefill (its phase 1 is done: its shard) and returns its first token and
+    stop flag; ``step`` runs one eager decode step for the given sequences together (one forward, one
+    collective per layer) and returns each one's token and stop flag; ``remove`` frees one. A running batch
+    therefore changes at every step boundary without waiting for anyone. Stop flags: 0, EOS, STOP_WORD
+    (the caller also ends a sequence at its token cap).
+    """
+
+    def __init__(self, model, group, eos: set[int], layers: str = "eager"):
+        self.model, self.group, self.eos, self.layers = model, group, eos, layers
+        self.seqs: dict[int, Sequence] = {}
+
+    def _forward(self, ids: list[int], tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        host = self.group.is_host
+        seqs = [self.seqs[i] for i in ids]
+        state = GlobalAttention(self.group, [s.shard for s in seqs], [s.cache for s in seqs] if host else None)
+        with attention_state(state), compiled_layers(self.model, self.layers if tokens.shape[1] > 1 else "eager"):
+            logits = self.model(input_ids=tokens, position_ids=positions, use_cache=False, logits_to_keep=1).logits
+        if host:
+            for s in seqs:
+                s.cache.commit(tokens.shape[1])
+        return logits[:, -1]
+
+    def _decide(self, ids: list[int], logits: torch.Tensor | None) -> list[tuple[int, int]]:
+        dev = self.group.device
+        rows = []
+        if self.group.is_host:
+            seqs = [self.seqs[i] for i in ids]
+            greedy = torch.argmax(logits, -1).tolist() if all(s.sampler.temperature == 0 for s in seqs) else None
+            for j, s in enumerate(seqs):
+                tok = greedy[j] if greedy is not None else s.sampler(logits[j])
+                flag = EOS if tok in self.eos else 0
+                if not flag and s.stop is not None and s.stop(s.tokens + [tok]):
+                    flag = STOP_WORD
+                rows.append((tok, flag))
+        if self.group.world_size > 1:
+            msg = torch.tensor(rows, dtype=torch.long, device=dev) if self.group.is_host else \
+                torch.zeros(len(ids), 2, dtype=torch.long, device=dev)
+            self.group.broadcast(msg, self.group.host)
+            rows = msg.tolist()
+        for i, (tok, flag) in zip(ids, rows):
+            s = self.seqs[i]
+            s.steps += 1
+            s.last = tok
+            if flag != EOS:
+                s.tokens.append(tok)
+        return rows
+
+    @torch.inference_mode()
+    def add(self, sid: int, shard: ContextShard, query: torch.Tensor, start: int, max_new: int,
+            sampler=None, stop=None) -> tuple[int, int]:
+        """query: (Tq,) long on the device; start: its first position (the context length)."""
+        cache = QueryCache(num_layers(self.model), query.numel() + max_new) if self.group.is_host else None
+        self.seqs[sid] = Sequence(shard, cache, start + query.numel(), max_new, sampler, stop)
+        pos = torch.arange(start, start + query.numel(), device=query.device).unsqueeze(0)
+        return self._decide([sid], self._forward([sid], query.unsqueeze(0), pos))[0]
+
+    @torch.inference_mode()
+    def step(self, ids: list[int]) -> list[tuple[int, int]]:
+        tick()
+        dev = self.group.device
+        tokens = torch.tensor([[self.seqs[i].last] for i in ids], dtype=torch.long, device=dev)
+        positions = torch.tensor([[self.seqs[i].pos] for i in ids], dtype=torch.long, device=dev)
+        rows = self._decide(ids, self._forward(ids, tokens, positions))
+        for i in ids:
+            self.seqs[i].pos += 1
+        return rows
+
+    def remove(self, sid: int) -> None:
+        self.seqs.pop(sid, None)

@@ -11,7 +11,7 @@ import zlib
 from .attention.rope import frame_crossing
 from .config import ConfigError, RunConfig
 from .models.loader import check_supported, load_tokenizer, model_config, model_window, resolve_model
-from .modes import get_mode
+from .modes import Prompt, get_mode
 from .parallel.launchers import check_devices, make_launcher
 from .parallel.worker import Options, Reply, Request
 from .sampling import truncate_at_stop_words
@@ -61,6 +61,22 @@ class Engine:
         if m.name not in self.mode_states:
             self.mode_states[m.name] = m.engine_state(self.cfg, self.model_id, self.window, self.model_config)
         p = m.prompt(self.tokenizer, self.cfg, context, query, where, blocks, self.mode_states[m.name])
+        return self._request(p.context_ids, p.query_ids, index, where, n, m.name, keep_logits, p.blocks)
+
+    def prepare_ids(self, context_ids: list[int], query_ids: list[int], index=0, where: str | None = None,
+                    max_new_tokens: int | None = None, mode: str | None = None) -> Request:
+        """A sample given as token ids (a dense, ring or star mode's context and query), checked as prepare()
+        checks text."""
+        m = get_mode(mode or self.cfg.attn_type)
+        if m.name == "block":
+            raise ConfigError("block mode takes passages: give them as text (prepare(..., blocks=...))")
+        if not context_ids or not query_ids:
+            raise ConfigError(f"{where or f'sample {index}'}: the context and the query each need a token")
+        return self._request(list(context_ids), list(query_ids), index, where or f"sample {index}",
+                             max_new_tokens or self.cfg.tokens_to_generate, m.name, False, None)
+
+    def _request(self, context_ids, query_ids, index, where, n, mode, keep_logits, blocks) -> Request:
+        p = Prompt(context_ids, query_ids, blocks)
         total = len(p.context_ids) + len(p.query_ids) + n
         if total > self.window:
             raise ConfigError(
@@ -78,7 +94,7 @@ class Engine:
             )
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         return Request(index=index, context_ids=p.context_ids, query_ids=p.query_ids, max_new_tokens=n,
-                       mode=m.name, seed=zlib.crc32(str(index).encode()), keep_logits=keep_logits,
+                       mode=mode, seed=zlib.crc32(str(index).encode()), keep_logits=keep_logits,
                        extra_eos=eos, blocks=p.blocks)
 
     def run(self, req: Request, options: Options | None = None) -> Reply:
@@ -92,6 +108,14 @@ class Engine:
             if msg:
                 self.notice(msg)
         return self.launcher.run_batch(reqs, options)
+
+    def serve_step(self, close: list[int], new: list[Request], step: list[int]) -> dict:
+        """One iteration of a server's continuous batching on every worker (parallel/worker.py serve_step)."""
+        for req in new:
+            msg = get_mode(req.mode or self.cfg.attn_type).notice(self.cfg, req, self.cfg.world_size)
+            if msg:
+                self.notice(msg)
+        return self.launcher.serve_step(close, new, step)
 
     def record(self, req: Request, reply: Reply) -> dict:
         """The reference's prediction fields plus timings and the mode's own fields."""

@@ -26,6 +26,9 @@ class _LocalWorker:
         """``obj`` as the query host has it, on every rank (one process: itself)."""
         return obj
 
+    def serve_step(self, close, new, step) -> dict:
+        return self.worker.serve_step(close, new, step)
+
     def close(self) -> None:
         self.worker.close()
 
@@ -58,6 +61,23 @@ class TorchrunLauncher(_LocalWorker):
 
     def share_from_host(self, obj):
         return self.worker.group.broadcast_object(obj, self.worker.group.host)
+
+    def serve_step(self, close, new, step) -> dict:
+        """The host rank (the server) sends each iteration to the other ranks, which follow (follow())."""
+        self.worker.group.broadcast_object(("step", close, new, step), self.worker.group.host)
+        return self.worker.serve_step(close, new, step)
+
+    def follow(self) -> None:
+        """On ranks other than the host: run the server's iterations until it stops."""
+        while True:
+            cmd = self.worker.group.broadcast_object(None, self.worker.group.host)
+            if cmd[0] == "stop":
+                return
+            self.worker.serve_step(*cmd[1:])
+
+    def stop_following(self) -> None:
+        if self.worker.group.world_size > 1:
+            self.worker.group.broadcast_object(("stop",), self.worker.group.host)
 
 
 def torchrun_rank() -> tuple[int, int]:

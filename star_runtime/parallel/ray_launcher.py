@@ -45,6 +45,9 @@ class WorkerActor:
     def run_batch(self, reqs: list[Request], options: Options | None = None) -> list[Reply]:
         return self.worker.run_batch(reqs, options)
 
+    def serve_step(self, close, new, step) -> dict:
+        return self.worker.serve_step(close, new, step)
+
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
@@ -187,6 +190,10 @@ class RayLauncher:
 
     def share_from_host(self, obj):
         return obj  # the driver is the only process that reads and writes results
+
+    def serve_step(self, close, new, step) -> dict:
+        what = "a server step" + (f" (requests {[r.index for r in new]})" if new else "")
+        return self._gather([a.serve_step.remote(close, new, step) for a in self.actors], what)[-1]
 
     def run_batch(self, reqs: list[Request], options: Options | None = None) -> list[Reply]:
         what = f"sample {reqs[0].index}" if len(reqs) == 1 else f"samples {[r.index for r in reqs]}"

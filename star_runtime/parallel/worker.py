@@ -17,7 +17,7 @@ from .. import progress
 from ..attention.rope import frame_crossing, rope_frame
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..decode import Arenas, arena_path, generate, resolve_decode_mode, sync_device
+from ..decode import Arenas, Sequences, arena_path, generate, resolve_decode_mode, sync_device
 from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype
 from ..modes import get_mode
 from ..sampling import Sampler, StopChecker, eos_ids
@@ -42,6 +42,10 @@ class Request:
     extra_eos: list[int] = field(default_factory=list)  # the tokenizer's EOS, if the model config lacks it
     blocks: list | None = None
     prefill_logits: bool = False  # return the logits of every query position (teacher-forcing checks)
+    # per-request sampling and stop words (a server's requests); None: the run's settings
+    temperature: float | None = None
+    top_p: float | None = None
+    stop_words: list[str] | None = None
 
 
 @dataclass
@@ -176,11 +180,8 @@ class Worker:
             phase1.append(time.perf_counter() - t0)
             after = mode.counters(self)
             counts.append(None if before is None else {k: after[k] - before[k] for k in after})
-        samplers = [Sampler(cfg.temperature, cfg.top_p, cfg.seed + r.seed) for r in reqs]
-        stops = [None] * len(reqs)
-        if g.is_host and cfg.stop_words:
-            self.tokenizer = self.tokenizer or load_tokenizer(self.source)
-            stops = [StopChecker(self.tokenizer, cfg.stop_words) for _ in reqs]
+        samplers = [self._sampler(r, cfg) for r in reqs]
+        stops = [self._stop_checker(r, cfg) for r in reqs]
         eos = self.eos | ({e for r in reqs for e in r.extra_eos} if not cfg.ignore_eos else set())
         queries = [torch.tensor(r.query_ids, dtype=torch.long, device=self.device) for r in reqs]
         gens = generate(self.model, g, shards, queries, [len(r.context_ids) for r in reqs],
@@ -199,6 +200,56 @@ class Worker:
                       first_token_s=gen.first_token_s, decode_s=gen.decode_s, steps=gen.steps, shard_tokens=h,
                       logits=gen.logits, cache=c, prefill_logits=gen.prefill_logits)
                 for r, gen, p1, h, c in zip(reqs, gens, phase1, held, caches)]
+
+    def _sampler(self, r: Request, cfg: RunConfig) -> Sampler:
+        t = cfg.temperature if r.temperature is None else r.temperature
+        return Sampler(t, cfg.top_p if r.top_p is None else r.top_p, cfg.seed + r.seed)
+
+    def _stop_checker(self, r: Request, cfg: RunConfig):
+        words = cfg.stop_words if r.stop_words is None else r.stop_words
+        if not self.group.is_host or not words:
+            return None
+        self.tokenizer = self.tokenizer or load_tokenizer(self.source)
+        return StopChecker(self.tokenizer, words)
+
+    # -- serving: requests join and leave the running batch at step boundaries ----------------------------
+    def serve_step(self, close: list[int], new: list[Request], step: list[int]) -> dict:
+        """One scheduler iteration, on every worker alike: free the ``close`` sequences, run phase 1 and the
+        query prefill of each ``new`` request (its index is its sequence id), then one decode step for the
+        ``step`` sequences. Returns {"new": [(token, flag, phase1_s, first_token_s, cache counts)],
+        "step": [(token, flag)], "step_s": seconds}."""
+        self._arena_call = False  # served sequences keep their own shards (arenas serve one request at a time)
+        with progress.busy():
+            seqs = self.mode_state("serve", lambda w: Sequences(w.model, w.group, w.eos, w.cfg.prefill_layers))
+            for i in close:
+                seqs.remove(i)
+            opened = []
+            for r in new:
+                mode = get_mode(r.mode or self.cfg.attn_type)
+                before = mode.counters(self)
+                t0 = time.perf_counter()
+                with rope_frame(self.model, len(r.context_ids) + len(r.query_ids)):
+                    shard = mode.encode(self, r, self.cfg)
+                sync_device(self.device)
+                t1 = time.perf_counter()
+                q = torch.tensor(r.query_ids, dtype=torch.long, device=self.device)
+                eos = self.eos | (set(r.extra_eos) if not self.cfg.ignore_eos else set())
+                seqs.eos = eos
+                tok, flag = seqs.add(r.index, shard, q, len(r.context_ids), r.max_new_tokens,
+                                     self._sampler(r, self.cfg), self._stop_checker(r, self.cfg))
+                sync_device(self.device)
+                after = mode.counters(self)
+                counts = None if before is None else {k: after[k] - before[k] for k in after}
+                if counts is not None:
+                    summed = self.group.all_gather(torch.tensor(list(counts.values()), device=self.device))
+                    counts = dict(zip(counts, summed.sum(0).tolist()))
+                opened.append((tok, flag, t1 - t0, time.perf_counter() - t1, counts))
+            t0 = time.perf_counter()
+            rows = seqs.step(step) if step else []
+            sync_device(self.device)
+            st = self._states.get("block")
+            return {"new": opened, "step": [tuple(x) for x in rows], "step_s": time.perf_counter() - t0,
+                    "cache_bytes": st.store.summary()["bytes"] if st is not None else {}}
 
     def cache_summary(self) -> dict | None:
         st = self._states.get("block")

@@ -1,0 +1,224 @@
+"""Continuous batching over one long-lived engine: a bounded queue, newcomers admitted one per iteration (so a
+newcomer's phase 1 and prefill stall the running batch by at most one prefill), one decode step per
+iteration for every running sequence, and sequences that leave as soon as they finish.
+
+The scheduler runs in its own thread (the engine's workers are driven from it alone); each request is a Job
+whose events (text pieces, the end, an error) go to the HTTP side through its asyncio queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+
+from ..decode import EOS, STOP_WORD
+from .protocol import APIError
+
+
+class TextStream:
+    """Token ids -> the text to send, piece by piece: decoded in full each time (so merges across tokens come
+    out right), cut at the first stop sequence (which is never sent), holding back a tail that could still
+    grow into a stop sequence or that ends in an incomplete character."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.sent = ""
+        self.stopped = False
+
+    def _text(self, tokens: list[int]) -> tuple[str, bool]:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if cuts:
+            return text[: min(cuts)], True
+        return text, False
+
+    def push(self, tokens: list[int]) -> str:
+        text, self.stopped = self._text(tokens)
+        hold = 0
+        if not self.stopped:
+            for s in self.stop:
+                for k in range(min(len(s) - 1, len(text)), 0, -1):
+                    if text.endswith(s[:k]):
+                        hold = max(hold, k)
+                        break
+            while hold < len(text) and text[len(text) - hold - 1: len(text) - hold] == "\ufffd":
+                hold += 1
+        return self._emit(text[: len(text) - hold])
+
+    def flush(self, tokens: list[int]) -> str:
+        text, _ = self._text(tokens)
+        return self._emit(text)
+
+    def _emit(self, safe: str) -> str:
+        if not safe.startswith(self.sent):  # a later token rewrote earlier text: wait until it settles
+            return ""
+        piece, self.sent = safe[len(self.sent):], safe
+        return piece
+
+
+class Job:
+    def __init__(self, req, parsed, loop: asyncio.AbstractEventLoop, text: TextStream):
+        self.req, self.p, self.loop, self.text = req, parsed, loop, text
+        self.sid = req.index
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.tokens: list[int] = []
+        self.steps = 0
+        self.finish: str | None = None
+        self.cancelled = False
+        self.cache: dict | None = None
+        self.submitted = time.perf_counter()
+        self.last: float | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.req.context_ids) + len(self.req.query_ids)
+
+    def emit(self, kind: str, payload=None) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+
+
+class Scheduler:
+    def __init__(self, engine, metrics, max_queue: int = 64, max_batch: int = 16):
+        self.engine, self.metrics = engine, metrics
+        self.max_queue, self.max_batch = max_queue, max_batch
+        self.cond = threading.Condition()
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.running: dict[int, Job] = {}
+        self.to_close: list[int] = []
+        self.dead: str | None = None
+        self.stopping = False
+        self.ready = False
+        self.next_sid = 0
+        self.thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+
+    def start(self) -> None:
+        self.ready = True
+        self.thread.start()
+
+    def new_sid(self) -> int:
+        with self.cond:
+            self.next_sid += 1
+            return self.next_sid
+
+    # -- the HTTP side ---------------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        with self.cond:
+            if self.dead:
+                raise APIError(503, f"a worker failed ({self.dead}); the server cannot serve requests, restart it",
+                               type="server_error", code="worker_failed")
+            if self.stopping:
+                raise APIError(503, "the server is shutting down; retry against another instance",
+                               type="server_error", code="shutting_down")
+            if len(self.waiting) >= self.max_queue:
+                raise APIError(429, f"the queue is full ({self.max_queue} requests waiting); retry shortly",
+                               type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
+            self.waiting.append(job)
+            self.metrics.queue_depth.set(len(self.waiting))
+            self.cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: the sequence leaves the batch at the next step boundary."""
+        with self.cond:
+            job.cancelled = True
+            self.cond.notify()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Admit nothing more; finish the running sequences; then the thread ends."""
+        with self.cond:
+            self.stopping = True
+            for job in self.waiting:
+                job.emit("error", APIError(503, "the server is shutting down; retry against another instance",
+                                           type="server_error", code="shutting_down"))
+            self.waiting.clear()
+            self.cond.notify()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    # -- the scheduler thread ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not (self.waiting or self.running or self.to_close or self.stopping):
+                    self.cond.wait(0.5)
+                close, self.to_close = self.to_close, []
+                for sid, job in list(self.running.items()):
+                    if job.cancelled:
+                        del self.running[sid]
+                        close.append(sid)
+                new = []
+                while self.waiting and len(self.running) + len(new) < self.max_batch and not new:
+                    job = self.waiting.popleft()
+                    if not job.cancelled:
+                        new.append(job)
+                self.metrics.queue_depth.set(len(self.waiting))
+                step = list(self.running)
+                if self.stopping and not self.running and not new:
+                    break
+            if not (close or new or step):
+                continue
+            try:
+                res = self.engine.serve_step(close, [j.req for j in new], step)
+            except Exception as e:  # a dead or failing worker: every request gets its error now, never a hang
+                self._die(e)
+                return
+            now = time.perf_counter()
+            if step:
+                self.metrics.steps.inc()
+                self.metrics.step_sequences.inc(len(step))
+            for job, (tok, flag, _p1, _ft, counts) in zip(new, res["new"]):
+                job.cache = counts
+                self.running[job.sid] = job
+                self.metrics.prompt.inc(job.prompt_tokens)
+                if counts:
+                    self.metrics.cache_hits.inc(counts["hits"])
+                    self.metrics.cache_misses.inc(counts["misses"])
+                    self.metrics.cache_hit_tokens.inc(counts["hit_tokens"])
+                self._token(job, tok, flag, now)
+            for sid, (tok, flag) in zip(step, res["step"]):
+                if sid in self.running:
+                    self._token(self.running[sid], tok, flag, now)
+            for tier, n in (res.get("cache_bytes") or {}).items():
+                self.metrics.cache_bytes.labels(tier).set(n)
+            self.metrics.running.set(len(self.running))
+        self.metrics.running.set(0)
+
+    def _token(self, job: Job, tok: int, flag: int, now: float) -> None:
+        job.steps += 1
+        if flag != EOS:
+            job.tokens.append(tok)
+            self.metrics.generated.inc()
+        if job.last is None:
+            self.metrics.ttft.observe(now - job.submitted)
+        else:
+            self.metrics.itl.observe(now - job.last)
+        job.last = now
+        piece = job.text.push(job.tokens)
+        finish = None
+        if flag in (EOS, STOP_WORD) or job.text.stopped:
+            finish = "stop"
+        elif job.steps >= job.req.max_new_tokens:
+            finish = "length"
+        if finish:
+            piece += job.text.flush(job.tokens) if not job.text.stopped else ""
+        if piece:
+            job.emit("text", piece)
+        if finish:
+            job.finish = finish
+            del self.running[job.sid]
+            self.to_close.append(job.sid)
+            job.emit("done", finish)
+
+    def _die(self, e: Exception) -> None:
+        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        with self.cond:
+            self.dead = msg
+            jobs = list(self.running.values()) + list(self.waiting)
+            self.running.clear()
+            self.waiting.clear()
+        err = APIError(503, f"a worker failed ({msg}); the request could not finish", type="server_error",
+                       code="worker_failed")
+        for job in jobs:
+            job.emit("error", err)
+        self.metrics.running.set(0)

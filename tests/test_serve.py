@@ -1,0 +1,328 @@
+"""`star-runtime serve` as a real subprocess on 127.0.0.1, driven by the official `openai` client and raw HTTP:
+the same greedy text as the CLI (fp32, bundled model), concurrent clients sharing decode steps with the same
+outputs as one at a time, block-cache hits across requests, the bad-input matrix, disconnect, SIGTERM, a dead
+worker, and a bounded load test."""
+
+import concurrent.futures as cf
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *flags, model="random:tiny", key=None, wait=180):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "star_runtime.cli", "serve", "--port", str(self.port), *flags]
+        if model:
+            cmd += ["--model_path", model]
+        if key:
+            cmd += ["--api_key", key]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stdout.read()[-3000:]}")
+            try:
+                if get(self.url + "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise RuntimeError("server did not become healthy")
+        self.client = OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, timeout=120)
+        self.model = self.client.models.list().data[0].id
+
+    def stop(self, sig=signal.SIGTERM, timeout=90) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+def get(url, headers=None):
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode(), {k.lower(): v for k, v in r.headers.items()}
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), {k.lower(): v for k, v in e.headers.items()}
+
+
+def post(url, body, headers=None):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read().decode(), {k.lower(): v for k, v in r.headers.items()}
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), {k.lower(): v for k, v in e.headers.items()}
+
+
+def metric(server, name) -> float:
+    text = get(server.url + "/metrics")[1]
+    vals = [float(m.group(1)) for m in re.finditer(rf"^{name}(?:_total)?(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)]
+    return sum(vals)
+
+
+DOC = "The lighthouse keeper counted ships every night and wrote their names in a blue book. "
+QUESTION = "What did the lighthouse keeper count?"
+
+
+def test_openai_client_matches_the_cli(tmp_path):
+    """Bundled SmolLM2, dense, fp32: chat (the model's template), completions and streaming give the CLI's
+    greedy text for the same prompt."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(json.dumps({"input_context": DOC, "input_query": QUESTION}) + "\n"
+                   + json.dumps({"input_context": DOC, "input_query": " In short, the keeper"}) + "\n")
+    base = [sys.executable, str(ROOT / "run_star_attn_inference.py"), "--attn_type", "dense",
+            "--tokens_to_generate", "12", "--input_path", str(inp)]
+    subprocess.run(base + ["--chat_template", "--output_path", str(out), "--num_samples", "1"], check=True,
+                   env=ENV, capture_output=True)
+    cli_chat = json.loads(out.read_text().splitlines()[0])["pred"]
+    out2 = tmp_path / "out2.jsonl"
+    subprocess.run(base + ["--output_path", str(out2)], check=True, env=ENV, capture_output=True)
+    cli_plain = json.loads(out2.read_text().splitlines()[1])["pred"]
+    with Server("--attn_type", "dense", model=None) as s:
+        c = s.client
+        chat = c.chat.completions.create(model=s.model, messages=[{"role": "user", "content": QUESTION}],
+                                         max_tokens=12, extra_body={"documents": [DOC]})
+        assert chat.choices[0].message.content.strip() == cli_chat
+        assert chat.usage.completion_tokens <= 12 and chat.usage.prompt_tokens > 20
+        comp = c.completions.create(model=s.model, prompt=" In short, the keeper", max_tokens=12,
+                                    extra_body={"documents": [DOC]})
+        assert comp.choices[0].text.strip() == cli_plain
+        pieces, finish, use = [], None, None
+        for ch in c.chat.completions.create(model=s.model, messages=[{"role": "user", "content": QUESTION}],
+                                            max_tokens=12, stream=True, stream_options={"include_usage": True},
+                                            extra_body={"documents": [DOC]}):
+            if ch.choices:
+                pieces.append(ch.choices[0].delta.content or "")
+                finish = ch.choices[0].finish_reason or finish
+            else:
+                use = ch.usage
+        assert "".join(pieces).strip() == cli_chat and finish in ("stop", "length")
+        assert use.completion_tokens == chat.usage.completion_tokens
+        assert s.stop() == 0
+
+
+def test_concurrent_clients_share_decode_steps_and_match_one_at_a_time():
+    prompts = [f"Request number {i} asks about the weather in town {i} and more." for i in range(8)]
+    with Server("--attn_type", "dense", "--ignore_eos", "--max_batch", "8") as s:
+        c = s.client
+
+        def ask(p):
+            return c.completions.create(model=s.model, prompt=p, max_tokens=24, extra_body={"documents": [DOC]}
+                                        ).choices[0].text
+
+        alone = [ask(p) for p in prompts]
+        steps0, seqs0 = metric(s, "star_runtime_decode_steps"), metric(s, "star_runtime_decode_step_sequences")
+        with cf.ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(ask, prompts))
+        steps = metric(s, "star_runtime_decode_steps") - steps0
+        seqs = metric(s, "star_runtime_decode_step_sequences") - seqs0
+    assert together == alone
+    assert seqs / steps > 2, (seqs, steps)  # the requests shared decode steps
+
+
+def test_cached_passages_in_another_order_hit_and_answer_as_a_cold_server():
+    docs = [f"Passage {i}: the value of item {i} is {7 * i + 3}. " * 3 for i in range(4)]
+    order = [docs[2], docs[0], docs[3], docs[1]]
+    msg = [{"role": "user", "content": "What is the value of item 3?"}]
+    with Server("--attn_type", "block") as warm:
+        first = warm.client.chat.completions.create(model=warm.model, messages=msg, max_tokens=8,
+                                                    extra_body={"documents": docs})
+        second = warm.client.chat.completions.create(model=warm.model, messages=msg, max_tokens=8,
+                                                     extra_body={"documents": order})
+        hits = metric(warm, "star_runtime_block_cache_hits")
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    extra = second.usage.model_extra  # the extension fields of usage
+    assert second.usage.prompt_tokens_details.cached_tokens > 0
+    assert extra["block_cache"]["hits"] == 5 and extra["block_cache"]["misses"] == 0  # 4 passages + the head
+    assert hits >= 5
+    with Server("--attn_type", "block") as cold:
+        fresh = cold.client.chat.completions.create(model=cold.model, messages=msg, max_tokens=8,
+                                                    extra_body={"documents": order})
+    assert fresh.choices[0].message.content == second.choices[0].message.content
+
+
+CHAT = {"model": "random:tiny", "messages": [{"role": "user", "content": "Hi there"}], "max_tokens": 4}
+
+
+@pytest.fixture(scope="module")
+def small():
+    with Server("--attn_type", "dense", "--max_body_mb", "0.01", key="sekrit") as s:
+        yield s
+
+
+@pytest.mark.parametrize("body,status,code,param", [
+    (b"{not json", 400, "invalid_json", None),
+    ({"model": "random:tiny"}, 400, "missing_required_parameter", "messages"),
+    ({**CHAT, "messages": "hello"}, 400, "invalid_value", "messages"),
+    ({**CHAT, "max_tokens": "many"}, 422, "invalid_type", "max_tokens"),
+    ({**CHAT, "temperature": 5}, 400, "invalid_value", "temperature"),
+    ({**CHAT, "n": 2}, 400, "unsupported_value", "n"),
+    ({**CHAT, "logprobs": True}, 400, "unsupported_parameter", "logprobs"),
+    ({**CHAT, "colour": "blue"}, 400, "unknown_parameter", "colour"),
+    ({**CHAT, "max_tokens": 0}, 400, "invalid_value", "max_tokens"),
+    ({**CHAT, "messages": [{"role": "user", "content": "word " * 9000}]}, 413, "request_too_large", None),
+    ({**CHAT, "model": "gpt-4"}, 404, "model_not_found", "model"),
+    ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, 400, "invalid_value", "messages[0].role"),
+])
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(small, body, status, code, param):
+    st, text, _ = post(small.url + "/v1/chat/completions", body, {"Authorization": "Bearer sekrit"})
+    err = json.loads(text)["error"]
+    assert st == status and err["code"] == code and err["param"] == param, (st, err)
+    assert err["message"] and err["type"]
+    assert get(small.url + "/health")[0] == 200
+
+
+def test_window_overflow_names_the_counts_and_auth_is_required(small):
+    body = {**CHAT, "messages": [{"role": "user", "content": "x " * 1500}], "max_tokens": 8000}
+    st, text, _ = post(small.url + "/v1/chat/completions", body, {"Authorization": "Bearer sekrit"})
+    err = json.loads(text)["error"]
+    assert st == 400 and err["code"] == "context_length_exceeded" and "exceeds the model window of 8192" in \
+        err["message"]
+    st, text, _ = post(small.url + "/v1/chat/completions", CHAT)
+    assert st == 401 and json.loads(text)["error"]["code"] == "invalid_api_key"
+    st, text, _ = post(small.url + "/v1/chat/completions", CHAT, {"Authorization": "Bearer sekrit"})
+    assert st == 200 and json.loads(text)["choices"][0]["message"]["content"] is not None
+
+
+def test_queue_full_is_429_with_retry_after():
+    with Server("--attn_type", "dense", "--ignore_eos", "--max_queue", "1", "--max_batch", "1") as s:
+        body = {**CHAT, "max_tokens": 400}
+        with cf.ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda _: post(s.url + "/v1/chat/completions", body), range(6)))
+        codes = sorted(st for st, _, _ in results)
+        assert 200 in codes and 429 in codes and set(codes) <= {200, 429}, codes
+        refused = next(h for st, _, h in results if st == 429)
+        assert refused.get("retry-after") == "1"
+        assert s.stop() == 0
+
+
+def test_client_disconnect_cancels_its_generation():
+    with Server("--attn_type", "dense", "--ignore_eos", "--max_batch", "1") as s:
+        body = json.dumps({**CHAT, "max_tokens": 5000, "stream": True}).encode()
+        sock = socket.create_connection(("127.0.0.1", s.port))
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        got = b""
+        while got.count(b"data:") < 5:
+            got += sock.recv(4096)
+        sock.close()  # gone mid-stream
+        t0 = time.time()
+        while metric(s, "star_runtime_running_batch_size") > 0 and time.time() - t0 < 20:
+            time.sleep(0.2)
+        assert metric(s, "star_runtime_running_batch_size") == 0
+        # the slot is free: the next request (max_batch 1) is served at once
+        r = s.client.chat.completions.create(model=s.model, messages=CHAT["messages"], max_tokens=3)
+        assert r.choices[0].finish_reason == "length"
+        assert 'status="499"' in get(s.url + "/metrics")[1]
+
+
+def test_sigterm_finishes_in_flight_requests_persists_the_disk_tier_and_exits_0(tmp_path):
+    disk = tmp_path / "blocks"
+    with Server("--attn_type", "block", "--ignore_eos", "--block_cache_disk_dir", str(disk)) as s:
+        body = {**CHAT, "max_tokens": 120, "documents": ["A passage about ships. " * 4, "Another about rain. " * 4]}
+        with cf.ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(post, s.url + "/v1/chat/completions", body)
+            while metric(s, "star_runtime_running_batch_size") < 1:
+                time.sleep(0.05)
+            assert s.stop(signal.SIGTERM) == 0
+            st, text, _ = fut.result(timeout=60)
+    assert st == 200 and json.loads(text)["usage"]["completion_tokens"] == 120
+    assert len(list((disk / "rank0").glob("*.safetensors"))) == 3  # the template head and both passages
+
+
+def descendants(pid: int) -> list[int]:
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def test_dead_worker_makes_health_503_and_requests_fail_fast():
+    with Server("--attn_type", "ring", "-np", "2", "--ignore_eos", "--stall_timeout_s", "5") as s:
+        body = {**CHAT, "max_tokens": 100000 // 20}
+        with cf.ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(post, s.url + "/v1/chat/completions", body)
+            while metric(s, "star_runtime_running_batch_size") < 1:
+                time.sleep(0.05)
+            actors = [p for p in descendants(s.proc.pid)
+                      if b"WorkerActor" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            assert len(actors) == 2
+            os.kill(actors[-1], signal.SIGKILL)
+            t0 = time.time()
+            st, text, _ = fut.result(timeout=60)
+            assert st == 503 and json.loads(text)["error"]["code"] == "worker_failed"
+            assert time.time() - t0 < 30
+        assert get(s.url + "/health")[0] == 503
+        st, text, _ = post(s.url + "/v1/chat/completions", CHAT)
+        assert st == 503 and json.loads(text)["error"]["code"] == "worker_failed"
+
+
+def test_bounded_load_every_request_completes_or_is_refused():
+    """200 requests from 16 clients against a small queue: each gets its answer or a clean 429; none lost."""
+    with Server("--attn_type", "dense", "--max_queue", "8", "--max_batch", "8") as s:
+        def one(i):
+            t0 = time.perf_counter()
+            st, text, _ = post(s.url + "/v1/completions",
+                               {"model": s.model, "prompt": f"Load request {i} with a few words.", "max_tokens": 8,
+                                "stream": False})
+            return st, time.perf_counter() - t0, text
+
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(one, range(200)))
+        wall = time.perf_counter() - t0
+        done = [r for r in results if r[0] == 200]
+        assert {r[0] for r in results} <= {200, 429} and len(done) >= 100
+        assert all(json.loads(r[2])["choices"][0]["finish_reason"] in ("stop", "length") for r in done)
+        lat = sorted(r[1] for r in done)
+        print(f"load: {len(done)}/200 served, {200 - len(done)} refused (429), p50 {lat[len(lat) // 2]:.3f} s, "
+              f"p99 {lat[int(len(lat) * 0.99) - 1]:.3f} s, {len(done) / wall:.1f} requests/s")
+        assert metric(s, "star_runtime_requests") >= 200
+        assert s.stop() == 0
