@@ -85,7 +85,8 @@ def bundled_tokenizer_dir() -> Path:
     """A folder with only the bundled tokenizer (for random-weight models, which need some tokenizer)."""
     model_dir = cache_root() / "converted"
     if model_dir.exists():
-        for d in model_dir.glob(f"{Path(BUNDLED_GGUF).stem}-*-model"):
-            if (d / "DONE").exists():
-                return d
+        for kind in ("model", "tokenizer"):  # a converted copy of either carries the tokenizer
+            for d in model_dir.glob(f"{Path(BUNDLED_GGUF).stem}-*-{kind}"):
+                if (d / "DONE").exists():
+                    return d
     return converted_gguf_dir(bundled_gguf_path(), tokenizer_only=True)
