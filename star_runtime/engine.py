@@ -115,7 +115,11 @@ class Engine:
             msg = get_mode(req.mode or self.cfg.attn_type).notice(self.cfg, req, self.cfg.world_size)
             if msg:
                 self.notice(msg)
-        return self.launcher.serve_step(close, new, step)
+        res = self.launcher.serve_step(close, new, step)
+        placement = self.mode_states.get("block")
+        if placement is not None and res.get("gone"):
+            placement.forget(res["gone"])  # evicted blocks are placed afresh, by load, next time
+        return res
 
     def record(self, req: Request, reply: Reply) -> dict:
         """The reference's prediction fields plus timings and the mode's own fields."""

@@ -176,3 +176,23 @@ def test_killed_run_keeps_every_written_entry(tmp_path, sig):
     # every entry the killed run left is a hit now; only the others are encoded again
     assert sum(r["block_cache"]["misses"] for r in resumed) == 18 - on_disk
     assert len(entry_files(disk)) == 18
+
+
+def test_a_server_step_tells_the_engine_which_blocks_its_workers_evicted():
+    """Blocks dropped from every tier are reported back, and the engine's placement map forgets them (so
+    they are placed by load next time, not sent back to a worker that no longer holds them)."""
+    one_block = 2 * 2 * 2 * 20 * 16 * 4
+    with make_engine(attn_type="block", block_cache_gpu_gib=one_block / 2**30,
+                     block_cache_cpu_gib=one_block / 2**30) as eng:
+        reqs = [eng.prepare("", QUERY, index=i, blocks=PASSAGES[i:i + 2] + PASSAGES[:i], max_new_tokens=2)
+                for i in range(3)]
+        placement = eng.mode_states["block"]
+        gone = []
+        for r in reqs:
+            res = eng.serve_step([], [r], [])
+            gone += res["gone"]
+            eng.serve_step([r.index], [], [])
+        assert gone, "the tiny budget evicts"
+        assert not any(k in placement.home for k in gone)
+        store = eng.launcher.worker.cache_summary()
+        assert store["evictions"]["dropped"] >= len(gone)

@@ -326,3 +326,34 @@ def test_bounded_load_every_request_completes_or_is_refused():
               f"p99 {lat[int(len(lat) * 0.99) - 1]:.3f} s, {len(done) / wall:.1f} requests/s")
         assert metric(s, "star_runtime_requests") >= 200
         assert s.stop() == 0
+
+
+def test_torchrun_ranks_serve_and_stop_together():
+    """Under torchrun the host rank serves and the other ranks follow its iterations; SIGTERM stops all."""
+    port, master = free_port(), free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(master),
+           "-m", "star_runtime.cli", "serve", "--launcher", "torchrun", "-np", "2", "--attn_type", "ring",
+           "--model_path", "random:tiny", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if get(url + "/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        r = client.chat.completions.create(model="random:tiny", messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=5)
+        assert r.usage.completion_tokens >= 1
+        host = [p for p in descendants(proc.pid)
+                if b"LOCAL_RANK=1" in Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
+                and b"star_runtime.cli" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(host) == 1
+        os.kill(host[0], signal.SIGTERM)  # the serving rank: it drains, tells the others to stop, all exit 0
+        assert proc.wait(90) == 0, proc.stdout.read()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()

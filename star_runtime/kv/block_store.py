@@ -79,6 +79,7 @@ class BlockStore:
         self.used = {"device": 0, "cpu": 0}
         self.lru = {"device": OrderedDict(), "cpu": OrderedDict()}  # key -> Entry, oldest first
         self.stats = StoreStats()
+        self.gone: list[str] = []
         self.disk = DiskTier(Path(disk_dir), int(disk_bytes), expect, dtype, notice) if disk_dir else None
 
     # -- lookups ---------------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class BlockStore:
         while tier is not None and entry.nbytes > self.budget[tier]:
             tier = "cpu" if tier == "device" else None  # larger than the whole tier: skip it
         if tier is None:
-            self._drop()
+            self._drop(key)
             return
         while self.used[tier] + entry.nbytes > self.budget[tier]:
             old_key, old = self.lru[tier].popitem(last=False)
@@ -137,14 +138,22 @@ class BlockStore:
                 self.stats.evictions["device_to_cpu"] += 1
                 self._insert(old_key, old, "cpu")
             else:
-                self._drop()
+                self._drop(old_key)
         entry.kv = entry.kv.to(self.device if tier == "device" else "cpu")
         self.lru[tier][key] = entry
         self.used[tier] += entry.nbytes
 
-    def _drop(self) -> None:
+    def _drop(self, key: str) -> None:
         """An entry leaves memory: it stays on disk when there is a disk tier, else it is gone."""
         self.stats.evictions["cpu_to_disk" if self.disk is not None else "dropped"] += 1
+        if self.disk is None:
+            self.gone.append(key)
+
+    def take_gone(self) -> list[str]:
+        """Keys this store no longer holds anywhere since the last call (for the engine's placement map)."""
+        gone = self.gone + (self.disk.take_gone() if self.disk is not None else [])
+        self.gone = []
+        return [k for k in gone if not self.contains(k)]
 
     def flush(self) -> None:
         if self.disk is not None:
@@ -181,6 +190,7 @@ class DiskTier:
         self.files: OrderedDict[str, int] = OrderedDict()  # key -> bytes on disk, oldest first
         self.used = 0
         self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.gone: list[str] = []
         self.queue: queue.Queue = queue.Queue()
         self._failed = False
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -274,6 +284,12 @@ class DiskTier:
             old, size = self.files.popitem(last=False)
             self.used -= size
             self._path(old).unlink(missing_ok=True)
+            self.gone.append(old)
+
+    def take_gone(self) -> list[str]:
+        with self.lock:
+            gone, self.gone = self.gone, []
+        return gone
 
     def flush(self) -> None:
         """Wait until every entry stored so far is on disk (or its write failed)."""

@@ -71,6 +71,11 @@ class BlockPlacement:
             self.home.popitem(last=False)
         return specs
 
+    def forget(self, keys) -> None:
+        """Blocks their worker evicted: no longer a reason to send them back there."""
+        for k in keys:
+            self.home.pop(k, None)
+
 
 class CollectPrefill:
     """A batch of independent sequences, each attending causally to itself; every layer's K/V is kept.

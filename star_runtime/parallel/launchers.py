@@ -68,7 +68,13 @@ class TorchrunLauncher(_LocalWorker):
         return self.worker.serve_step(close, new, step)
 
     def follow(self) -> None:
-        """On ranks other than the host: run the server's iterations until it stops."""
+        """On ranks other than the host: run the server's iterations until it stops. The host decides when to
+        stop (SIGTERM here is left to it: torchrun sends it to every rank); a host that dies is seen by the
+        liveness watch (parallel/liveness.py)."""
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         while True:
             cmd = self.worker.group.broadcast_object(None, self.worker.group.host)
             if cmd[0] == "stop":

@@ -193,7 +193,10 @@ class RayLauncher:
 
     def serve_step(self, close, new, step) -> dict:
         what = "a server step" + (f" (requests {[r.index for r in new]})" if new else "")
-        return self._gather([a.serve_step.remote(close, new, step) for a in self.actors], what)[-1]
+        replies = self._gather([a.serve_step.remote(close, new, step) for a in self.actors], what)
+        out = replies[-1]
+        out["gone"] = [k for r in replies for k in r.get("gone", [])]  # every worker's evicted blocks
+        return out
 
     def run_batch(self, reqs: list[Request], options: Options | None = None) -> list[Reply]:
         what = f"sample {reqs[0].index}" if len(reqs) == 1 else f"samples {[r.index for r in reqs]}"

@@ -249,7 +249,8 @@ class Worker:
             sync_device(self.device)
             st = self._states.get("block")
             return {"new": opened, "step": [tuple(x) for x in rows], "step_s": time.perf_counter() - t0,
-                    "cache_bytes": st.store.summary()["bytes"] if st is not None else {}}
+                    "cache_bytes": st.store.summary()["bytes"] if st is not None else {},
+                    "gone": st.store.take_gone() if st is not None else []}
 
     def cache_summary(self) -> dict | None:
         st = self._states.get("block")
