@@ -126,6 +126,8 @@ def main():
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--max_batch", type=int, default=16)
     p.add_argument("--modes", nargs="+", default=["block", "dense"])
+    p.add_argument("--prewarm", action="store_true",
+                   help="send every passage of the pool once before the load, so the load is warm-cache only")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     rng = random.Random(0)
@@ -137,8 +139,12 @@ def main():
             with urllib.request.urlopen(url + "/v1/models") as r:
                 model = json.loads(r.read())["data"][0]["id"]
             one(url, model, pool[:16], "warm up", 4)  # first compile and kernel choice out of the numbers
+            if a.prewarm:
+                for i in range(0, len(pool), 32):
+                    one(url, model, pool[i:i + 32], "warm up", 1)
             for i, rate in enumerate(a.rates):
-                row = {"mode": mode, **load(url, model, rate, a.seconds, pool, a, seed=i), "model": a.model}
+                row = {"mode": mode, **load(url, model, rate, a.seconds, pool, a, seed=i), "model": a.model,
+                       "prewarm": a.prewarm}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:
