@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention.hooks import attention_state
+from .attention.rope import frame_groups, rope_frame
 from .fused import compiled_layers
 from .attention.merge import merge_partials, merge_two, pack, unpack
 from .attention.partial import decode_partial, empty_partial, masked_partial, partial_attention, prefill_partial
 from .kv.shard import ContextShard
 from .models.loader import num_layers
 from .progress import tick
+from .sampling import GREEDY_BELOW
 
 EOS, STOP_WORD = 1, 2
 DYNAMIC_ROPE = ("dynamic", "longrope")
@@ -580,7 +582,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
         if host:
             rows = []
             # greedy batch: one argmax and one device-to-host copy for every sample
-            if greedy is None and all(samplers[b].temperature == 0 for b in batch):
+            if greedy is None and all(samplers[b].temperature < GREEDY_BELOW for b in batch):
                 greedy = torch.argmax(logits, dim=-1).tolist()
             for i, b in enumerate(batch):
                 if keep_logits:
@@ -632,7 +634,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
         else:
             arena.step.rearm(last, pos)
         step = arena.step
-    elif decode != "eager" and any(running):
+    elif decode != "eager" and any(running) and len(frame_groups(model.config, [p + 1 for p in pos])) == 1:
         step = DecodeStep(model, group, shards, caches, last, pos, use_graph=decode == "graph",
                           batched_kv=batched_kv, layers=layers)
     next_ids = None  # the next step's input tokens (A,), on the device, when the last step chose them there
@@ -643,17 +645,20 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
         if step is not None:
             logits = step(next_ids if next_ids is not None else torch.tensor(last, dtype=torch.long, device=dev))
             next_ids = None
-            if group.world_size == 1 and all(samplers[b].temperature == 0 for b in range(n)):
+            if group.world_size == 1 and all(samplers[b].temperature < GREEDY_BELOW for b in range(n)):
                 # greedy on one worker: the next step's input stays on the device, one copy to the host
                 next_ids = torch.argmax(logits, dim=-1)
                 picked = next_ids.tolist()
                 decide(batch, logits[batch], [picked[b] for b in batch])
             else:
                 decide(batch, logits[batch] if host else None)
-        else:
-            ids = torch.tensor([[last[b]] for b in batch], dtype=torch.long, device=dev)
-            p = torch.tensor([[pos[b]] for b in batch], dtype=torch.long, device=dev)
-            decide(batch, forward(batch, ids, p))
+        else:  # one forward per group of samples sharing RoPE frequencies (one group but for LongRoPE)
+            for grp in frame_groups(model.config, [pos[b] + 1 for b in batch]):
+                sub = [batch[j] for j in grp]
+                ids = torch.tensor([[last[b]] for b in sub], dtype=torch.long, device=dev)
+                p = torch.tensor([[pos[b]] for b in sub], dtype=torch.long, device=dev)
+                with rope_frame(model, max(pos[b] + 1 for b in sub)):
+                    decide(sub, forward(sub, ids, p))
             for b in batch:
                 pos[b] += 1
         sync_device(dev)
@@ -710,7 +715,8 @@ class Sequences:
         rows = []
         if self.group.is_host:
             seqs = [self.seqs[i] for i in ids]
-            greedy = torch.argmax(logits, -1).tolist() if all(s.sampler.temperature == 0 for s in seqs) else None
+            greedy = torch.argmax(logits, -1).tolist() if all(s.sampler.temperature < GREEDY_BELOW for s in seqs) \
+                else None
             for j, s in enumerate(seqs):
                 tok = greedy[j] if greedy is not None else s.sampler(logits[j])
                 flag = EOS if tok in self.eos else 0
@@ -741,14 +747,22 @@ class Sequences:
 
     @torch.inference_mode()
     def step(self, ids: list[int]) -> list[tuple[int, int]]:
+        """One token for each of ``ids``: one forward per group of sequences sharing RoPE frequencies (one
+        group but for LongRoPE models with sequences on both sides of the switch)."""
         tick()
         dev = self.group.device
-        tokens = torch.tensor([[self.seqs[i].last] for i in ids], dtype=torch.long, device=dev)
-        positions = torch.tensor([[self.seqs[i].pos] for i in ids], dtype=torch.long, device=dev)
-        rows = self._decide(ids, self._forward(ids, tokens, positions))
+        out = {}
+        lengths = [self.seqs[i].pos + 1 for i in ids]
+        for group in frame_groups(self.model.config, lengths):
+            gids = [ids[j] for j in group]
+            tokens = torch.tensor([[self.seqs[i].last] for i in gids], dtype=torch.long, device=dev)
+            positions = torch.tensor([[self.seqs[i].pos] for i in gids], dtype=torch.long, device=dev)
+            with rope_frame(self.model, max(lengths[j] for j in group)):
+                logits = self._forward(gids, tokens, positions)
+            out.update(zip(gids, self._decide(gids, logits)))
         for i in ids:
             self.seqs[i].pos += 1
-        return rows
+        return [out[i] for i in ids]
 
     def remove(self, sid: int) -> None:
         self.seqs.pop(sid, None)

@@ -70,8 +70,8 @@ class Engine:
         m = get_mode(mode or self.cfg.attn_type)
         if m.name == "block":
             raise ConfigError("block mode takes passages: give them as text (prepare(..., blocks=...))")
-        if not context_ids or not query_ids:
-            raise ConfigError(f"{where or f'sample {index}'}: the context and the query each need a token")
+        if not query_ids or (not context_ids and m.name != "dense"):
+            raise ConfigError(f"{where or f'sample {index}'}: the query needs a token, and a {m.name} context too")
         return self._request(list(context_ids), list(query_ids), index, where or f"sample {index}",
                              max_new_tokens or self.cfg.tokens_to_generate, m.name, False, None)
 

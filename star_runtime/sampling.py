@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 
 
+GREEDY_BELOW = 1e-5  # temperatures below this choose greedily (their softmax is a one-hot up to rounding)
+
+
 class Sampler:
     """logits (V,) -> token id. temperature 0 = greedy; otherwise seeded so a run is repeatable."""
 
@@ -14,9 +17,11 @@ class Sampler:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor) -> int:
-        if self.temperature == 0:
+        if self.temperature < GREEDY_BELOW:  # 0, or so small that the scaled logits overflow: greedy
             return int(torch.argmax(logits))
         probs = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
+        if not torch.isfinite(probs).all():  # overflow at an extreme temperature: the limit is greedy
+            return int(torch.argmax(logits))
         if self.top_p < 1.0:
             sorted_p, order = torch.sort(probs, descending=True)
             cum = torch.cumsum(sorted_p, dim=-1)

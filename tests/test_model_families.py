@@ -211,3 +211,20 @@ def test_block_mode_equals_block_mask_reference(model, case):
     assert (prompt + n - 1 <= SWITCH) if case == "short" else (prompt > SWITCH) if case == "long" \
         else (prompt <= SWITCH < prompt + n - 1)
     compare(rep.tokens, rep.logits, ref_tokens, ref_logits)
+
+
+def test_longrope_sequences_on_both_sides_of_the_switch_decode_together_exactly():
+    """A server's running batch mixes short and long sequences: each group keeps its own RoPE factors, so a
+    short sequence decodes as it does alone."""
+    with make_engine("random:tiny-phi3", attn_type="dense") as eng:
+        short = eng.prepare_ids(random_ids(40, 1), random_ids(5, 2), index=1, max_new_tokens=30)
+        long = eng.prepare_ids(random_ids(200, 3), random_ids(5, 4), index=2, max_new_tokens=30)
+        alone = [eng.serve_step([], [short], [])["new"][0][0]]
+        for _ in range(20):
+            alone.append(eng.serve_step([], [], [1])["step"][0][0])
+        eng.serve_step([1], [], [])
+        first = eng.serve_step([], [short, long], [])["new"]
+        together = [first[0][0]]
+        for _ in range(20):
+            together.append(eng.serve_step([], [], [1, 2])["step"][0][0])
+    assert together == alone

@@ -357,3 +357,66 @@ def test_torchrun_ranks_serve_and_stop_together():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_extreme_temperature_is_greedy_and_a_one_token_prompt_is_served(small):
+    auth = {"Authorization": "Bearer sekrit"}
+    st, text, _ = post(small.url + "/v1/completions", {"model": "random:tiny", "prompt": "hello there friend",
+                                                        "max_tokens": 3, "temperature": 1e-300}, auth)
+    assert st == 200, text
+    st, text, _ = post(small.url + "/v1/completions", {"model": "random:tiny", "prompt": "a", "max_tokens": 3}, auth)
+    assert st == 200 and json.loads(text)["usage"]["prompt_tokens"] == 1, text
+    assert get(small.url + "/health")[0] == 200
+
+
+def _raw_request(port, body: dict):
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+def test_a_non_streaming_client_that_leaves_is_cancelled_and_queued_ones_free_their_slots():
+    with Server("--attn_type", "dense", "--ignore_eos", "--max_batch", "1", "--max_queue", "2") as s:
+        gone = _raw_request(s.port, {**CHAT, "max_tokens": 8000})  # not streamed
+        t0 = time.time()
+        while metric(s, "star_runtime_running_batch_size") < 1 and time.time() - t0 < 30:
+            time.sleep(0.02)
+        gone.close()  # the client goes away: its generation stops within a poll
+        while metric(s, "star_runtime_running_batch_size") > 0 and time.time() - t0 < 30:
+            time.sleep(0.1)
+        assert metric(s, "star_runtime_running_batch_size") == 0
+        assert metric(s, "star_runtime_generated_tokens") < 8000
+        assert 'status="499"' in get(s.url + "/metrics")[1]
+        running = _raw_request(s.port, {**CHAT, "max_tokens": 8000, "stream": True})
+        while metric(s, "star_runtime_running_batch_size") < 1 and time.time() - t0 < 60:
+            time.sleep(0.02)
+        queued = [_raw_request(s.port, {**CHAT, "max_tokens": 10, "stream": True}) for _ in range(2)]
+        while metric(s, "star_runtime_queue_depth") < 2 and time.time() - t0 < 60:
+            time.sleep(0.02)
+        for q in queued:  # waiting clients go away: their places in the queue are freed at once
+            q.close()
+        t1 = time.time()
+        while metric(s, "star_runtime_queue_depth") > 0 and time.time() - t1 < 10:
+            time.sleep(0.1)
+        assert metric(s, "star_runtime_queue_depth") == 0
+        running.close()
+
+
+def test_text_stream_pieces_add_up_to_the_decoded_text_cut_at_the_stop():
+    from star_runtime.models.bundled import bundled_tokenizer_dir
+    from star_runtime.serve.scheduler import TextStream
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(bundled_tokenizer_dir()))
+    text = "Prix: 5 € — 日本語のテキスト 😀 and then END of it, more after END."
+    ids = tok.encode(text, add_special_tokens=False)
+    for stop in ([], ["END"], ["ト 😀"], ["€ —"], ["END", "5 €"]):
+        ts = TextStream(tok, stop)
+        pieces = [ts.push(ids[:i]) for i in range(1, len(ids) + 1)]
+        pieces.append(ts.flush(ids))
+        want = text[: min([text.find(x) for x in stop] + [len(text)])]
+        assert want != text or not stop
+        assert "".join(pieces) == want, (stop, pieces)
+        assert all("\ufffd" not in p for p in pieces)

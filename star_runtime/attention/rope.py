@@ -63,6 +63,16 @@ def frame_crossing(model_config, prompt_len: int, total_len: int) -> int | None:
     return None
 
 
+def frame_groups(model_config, lengths: list[int]) -> list[list[int]]:
+    """Indices of sequences (by their current lengths) that share RoPE frequencies, for one forward each: a
+    batch forward takes one frequency set for all its rows, so LongRoPE sequences on either side of the switch
+    must not share one. One group for every other RoPE type."""
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(frame_tag(model_config, n), []).append(i)
+    return list(groups.values())
+
+
 @contextlib.contextmanager
 def rope_frame(model, seq_len: int):
     """Inside the block, every forward of ``model`` takes the RoPE frequencies of one forward over the whole

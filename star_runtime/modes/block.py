@@ -12,6 +12,7 @@ offsets and concatenates them into its context shard.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -50,10 +51,15 @@ class BlockPlacement:
         self.model_id = model_id
         self.window = window
         self.model_config = model_config
+        self.lock = threading.Lock()  # a server places in its request threads and forgets in its scheduler
         self.home: OrderedDict[str, int] = OrderedDict()  # block key -> worker that encoded it
 
     def place(self, blocks: list[list[int]], world: int, tag: str = "") -> list[BlockSpec]:
         """tag: what of the prompt changes a block's KV besides its tokens (attention/rope.py frame_tag)."""
+        with self.lock:
+            return self._place(blocks, world, tag)
+
+    def _place(self, blocks: list[list[int]], world: int, tag: str) -> list[BlockSpec]:
         load = [0] * world
         specs, offset = [], 0
         for ids in blocks:
@@ -73,8 +79,9 @@ class BlockPlacement:
 
     def forget(self, keys) -> None:
         """Blocks their worker evicted: no longer a reason to send them back there."""
-        for k in keys:
-            self.home.pop(k, None)
+        with self.lock:
+            for k in keys:
+                self.home.pop(k, None)
 
 
 class CollectPrefill:

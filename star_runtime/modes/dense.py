@@ -29,6 +29,8 @@ class CausalPrefill:
 def encode_dense(model, ctx: torch.Tensor, prefill_layers: str = "auto") -> ContextShard:
     """ctx: (L,) long on the model device -> the whole context's KV. prefill_layers: --prefill_layers."""
     shard = ContextShard(num_layers(model))
+    if ctx.numel() == 0:  # a prompt that is all query (a one-token completion): nothing to encode
+        return shard
     pos = torch.arange(ctx.numel(), device=ctx.device)
     with attention_state(CausalPrefill(shard)):
         run_decoder(model, ctx.unsqueeze(0), pos.unsqueeze(0), prefill_layers)

@@ -196,6 +196,8 @@ class RayLauncher:
         replies = self._gather([a.serve_step.remote(close, new, step) for a in self.actors], what)
         out = replies[-1]
         out["gone"] = [k for r in replies for k in r.get("gone", [])]  # every worker's evicted blocks
+        tiers = {t for r in replies for t in r.get("cache_bytes", {})}
+        out["cache_bytes"] = {t: sum(r.get("cache_bytes", {}).get(t, 0) for r in replies) for t in tiers}
         return out
 
     def run_batch(self, reqs: list[Request], options: Options | None = None) -> list[Reply]:

@@ -96,9 +96,22 @@ def create_app(state: ServerState) -> FastAPI:
             return StreamingResponse(stream(state, job, rid, route), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         text = []
+
+        async def watch():  # the body is read: the next message is the client's going away
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            state.scheduler.cancel(job)
+
+        watcher = asyncio.create_task(watch())
         try:
             while True:
-                kind_, payload = await job.events.get()
+                getter = asyncio.create_task(job.events.get())
+                done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:  # the client went away: its slot is freed
+                    getter.cancel()
+                    state.metrics.requests.labels(route, "499").inc()
+                    return PlainTextResponse("", status_code=499)
+                kind_, payload = getter.result()
                 if kind_ == "text":
                     text.append(payload)
                 elif kind_ == "done":
@@ -108,6 +121,8 @@ def create_app(state: ServerState) -> FastAPI:
         except asyncio.CancelledError:
             state.scheduler.cancel(job)
             raise
+        finally:
+            watcher.cancel()
         state.metrics.requests.labels(route, "200").inc()
         return response(p, rid, state.model_name, "".join(text), job.finish,
                         usage(job.prompt_tokens, len(job.tokens), job.cache))
@@ -150,11 +165,10 @@ def make_job(state: ServerState, p, loop) -> Job:
                                   mode=mode)
             else:  # a plain prompt: its last tokens are the query (all that matters for star/ring's phase 2)
                 ids = eng.tokenizer.encode(p.prompt, add_special_tokens=False)
-                if len(ids) < 2:
-                    ids = eng.tokenizer.encode(" " + p.prompt, add_special_tokens=False)
                 q = max(1, min(64, len(ids) // 2))
+                one_token = len(ids) < 2  # all of it is the query: no context, dense attention
                 req = eng.prepare_ids(ids[:-q], ids[-q:], sid, where, p.max_tokens,
-                                      mode="dense" if (mode or cfg.attn_type) == "block" else mode)
+                                      mode="dense" if one_token or (mode or cfg.attn_type) == "block" else mode)
     except ConfigError as e:
         msg = str(e)
         code = "context_length_exceeded" if "exceeds the model window" in msg else "invalid_value"

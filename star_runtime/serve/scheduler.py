@@ -18,24 +18,38 @@ from .protocol import APIError
 
 
 class TextStream:
-    """Token ids -> the text to send, piece by piece: decoded in full each time (so merges across tokens come
-    out right), cut at the first stop sequence (which is never sent), holding back a tail that could still
-    grow into a stop sequence or that ends in an incomplete character."""
+    """Token ids -> the text to send, piece by piece: decoded incrementally (a window from the last settled
+    point, so merges across tokens and multi-byte characters come out right at a cost that does not grow with
+    the output), cut at the first stop sequence (which is never sent), holding back a tail that could still grow
+    into a stop sequence."""
 
     def __init__(self, tokenizer, stop: list[str]):
         self.tokenizer, self.stop = tokenizer, stop
+        self.text = ""  # the settled text of every token so far
+        self.prefix, self.read = 0, 0  # tokens[prefix:read] decode to the end of self.text
         self.sent = ""
         self.stopped = False
+        self.longest = max((len(s) for s in stop), default=0)
 
-    def _text(self, tokens: list[int]) -> tuple[str, bool]:
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
-        if cuts:
-            return text[: min(cuts)], True
-        return text, False
+    def _advance(self, tokens: list[int]) -> None:
+        dec = self.tokenizer.decode
+        head = dec(tokens[self.prefix:self.read], skip_special_tokens=True)
+        full = dec(tokens[self.prefix:], skip_special_tokens=True)
+        if len(full) > len(head) and not full.endswith("\ufffd"):  # the new tokens end on a whole character
+            self.text += full[len(head):]
+            self.prefix, self.read = self.read, len(tokens)
+
+    def _cut(self, text: str, searched_from: int) -> tuple[str, bool]:
+        start = max(0, searched_from - self.longest)
+        cuts = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
+        return (text[: min(cuts)], True) if cuts else (text, False)
 
     def push(self, tokens: list[int]) -> str:
-        text, self.stopped = self._text(tokens)
+        if self.stopped:  # the text ended at its stop sequence
+            return ""
+        before = len(self.text)
+        self._advance(tokens)
+        text, self.stopped = self._cut(self.text, before)
         hold = 0
         if not self.stopped:
             for s in self.stop:
@@ -43,16 +57,23 @@ class TextStream:
                     if text.endswith(s[:k]):
                         hold = max(hold, k)
                         break
-            while hold < len(text) and text[len(text) - hold - 1: len(text) - hold] == "\ufffd":
-                hold += 1
         return self._emit(text[: len(text) - hold])
 
     def flush(self, tokens: list[int]) -> str:
-        text, _ = self._text(tokens)
+        """The end: everything settled and not cut, incomplete characters included."""
+        if self.stopped:
+            return ""
+        rest = self.tokenizer.decode(tokens[self.prefix:], skip_special_tokens=True)
+        head = self.tokenizer.decode(tokens[self.prefix:self.read], skip_special_tokens=True)
+        before = len(self.text)
+        self.text += rest[len(head):]
+        self.prefix = self.read = len(tokens)
+        text, stopped = self._cut(self.text, before)
+        self.stopped = self.stopped or stopped
         return self._emit(text)
 
     def _emit(self, safe: str) -> str:
-        if not safe.startswith(self.sent):  # a later token rewrote earlier text: wait until it settles
+        if not safe.startswith(self.sent):
             return ""
         piece, self.sent = safe[len(self.sent):], safe
         return piece
@@ -76,7 +97,12 @@ class Job:
         return len(self.req.context_ids) + len(self.req.query_ids)
 
     def emit(self, kind: str, payload=None) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+        if self.loop.is_closed():  # the HTTP side is gone (shutdown): nobody to tell
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+        except RuntimeError:  # closed in between
+            pass
 
 
 class Scheduler:
@@ -119,9 +145,15 @@ class Scheduler:
             self.cond.notify()
 
     def cancel(self, job: Job) -> None:
-        """The client went away: the sequence leaves the batch at the next step boundary."""
+        """The client went away: a waiting request leaves the queue now, a running one leaves the batch at the
+        next step boundary."""
         with self.cond:
             job.cancelled = True
+            try:
+                self.waiting.remove(job)
+            except ValueError:
+                pass
+            self.metrics.queue_depth.set(len(self.waiting))
             self.cond.notify()
 
     def stop(self, timeout: float = 60.0) -> None:
@@ -135,6 +167,12 @@ class Scheduler:
             self.cond.notify()
         if self.thread.is_alive():
             self.thread.join(timeout)
+        if self.thread.is_alive():  # generations still running past the grace time: cancel them, then wait
+            with self.cond:
+                for job in self.running.values():
+                    job.cancelled = True
+                self.cond.notify()
+            self.thread.join()
 
     # -- the scheduler thread ------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -161,7 +199,7 @@ class Scheduler:
             try:
                 res = self.engine.serve_step(close, [j.req for j in new], step)
             except Exception as e:  # a dead or failing worker: every request gets its error now, never a hang
-                self._die(e)
+                self._die(e, new)
                 return
             now = time.perf_counter()
             if step:
@@ -210,11 +248,11 @@ class Scheduler:
             self.to_close.append(job.sid)
             job.emit("done", finish)
 
-    def _die(self, e: Exception) -> None:
+    def _die(self, e: Exception, new: list) -> None:
         msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         with self.cond:
             self.dead = msg
-            jobs = list(self.running.values()) + list(self.waiting)
+            jobs = list(self.running.values()) + list(self.waiting) + list(new)
             self.running.clear()
             self.waiting.clear()
         err = APIError(503, f"a worker failed ({msg}); the request could not finish", type="server_error",
