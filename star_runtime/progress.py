@@ -1,7 +1,7 @@
 """This process's progress, for liveness checks: a counter the runtime ticks as work advances.
 
-Every attention call (each layer of every forward) and every decode step ticks it; a torch.compile in
-progress counts as progress too (compiling a layer takes tens of seconds without a tick). The heartbeat
+Every attention call (each layer of every forward) and every decode step ticks it; while a torch.compile
+runs, the heartbeat ticks it (compiling a layer takes tens of seconds without a tick). The heartbeat
 (parallel/liveness.py) publishes ``snapshot()``; a worker inside a step whose counter stops moving is stalled.
 Imports nothing from the package.
 """
@@ -45,8 +45,13 @@ def waiting():
 
 
 def snapshot() -> tuple[int, bool, bool]:
-    """(progress count, whether a step is running and not compiling, whether it waits for its peers)."""
-    return _state["count"], _state["busy"] > 0 and _state["compiling"] == 0, _state["waiting"] > 0
+    """(progress count, whether a step is running, whether it waits for its peers)."""
+    return _state["count"], _state["busy"] > 0, _state["waiting"] > 0
+
+
+def compiling() -> bool:
+    """A torch.compile is running (the heartbeat counts it as progress)."""
+    return _state["compiling"] > 0
 
 
 def _compile_start(*_args) -> None:

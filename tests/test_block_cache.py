@@ -196,3 +196,28 @@ def test_a_server_step_tells_the_engine_which_blocks_its_workers_evicted():
         assert not any(k in placement.home for k in gone)
         store = eng.launcher.worker.cache_summary()
         assert store["evictions"]["dropped"] >= len(gone)
+
+
+def test_an_entry_larger_than_the_disk_budget_is_not_written_and_wipes_nothing(tmp_path, capfd):
+    small = {k: torch.full((1, 2, 1, 64, 8), float(i)) for i, k in enumerate("ab")}
+    tier = DiskTier(tmp_path, 10 ** 9, None, None, print)
+    for k, kv in small.items():
+        tier.put(k, kv, torch.ones(4))
+    tier.flush()
+    size = (tmp_path / "a.safetensors").stat().st_size
+    tier.close()
+    tier = DiskTier(tmp_path, int(2.5 * size), None, None, print)
+    tier.put("huge", torch.zeros(1, 2, 1, 64 * 8, 8), torch.ones(4))  # 8x an entry: larger than the budget
+    tier.flush()
+    assert sorted(p.stem for p in tmp_path.glob("*.safetensors")) == ["a", "b"]
+    (tmp_path / "a.safetensors").unlink()  # another process sharing the folder evicted it
+    capfd.readouterr()
+    assert tier.load("a", 64) is None and "unusable" not in capfd.readouterr().out
+    assert torch.equal(tier.load("b", 64)[0], small["b"])
+    tier.close()
+
+
+def test_a_block_twice_in_one_prompt_is_looked_up_and_encoded_once():
+    with make_engine(attn_type="block") as eng:
+        rep = run(eng, [PASSAGES[0], PASSAGES[1], PASSAGES[0]])
+    assert rep.cache["misses"] == 2 and rep.cache["hits"] == 0

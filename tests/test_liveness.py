@@ -46,16 +46,42 @@ def test_watchdog_judges_beats_and_progress():
 def test_compiling_counts_as_progress():
     from star_runtime.progress import _compile_end, _compile_start
 
+    from star_runtime.parallel.liveness import Heartbeat
+
+    class Store:
+        def __init__(self):
+            self.values = []
+
+        def set(self, key, value):
+            self.values.append(value)
+
+    store = Store()
     with progress.busy():
         assert progress.snapshot()[1]  # busy: judged by progress
         _compile_start()
-        assert not progress.snapshot()[1]  # a compile in progress is never a stall
-        before = progress.snapshot()[0]
+        assert progress.compiling()
+        hb = Heartbeat(lambda: store, 0)  # a compile in progress ticks every beat: never a stall
+        time.sleep(2.5)
+        hb.stop()
+        counts = [int(v.split()[1]) for v in store.values]
+        assert len(counts) >= 2 and counts == sorted(counts) and counts[-1] > counts[0]
         _compile_end()
-        assert progress.snapshot() == (before + 1, True, False)
+        assert not progress.compiling()
         with progress.waiting():
             assert progress.snapshot()[2]
     assert not progress.snapshot()[1]
+
+
+def test_waiting_workers_are_no_stall_while_a_peer_progresses():
+    dog = Watchdog([0, 1], timeout_s=5)
+    for t in range(20):  # rank 1 waits in a collective for rank 0, which works (its count moves)
+        dog.observe(0, f"{t + 1} {t} 1 0", now=t)
+        dog.observe(1, f"{t + 1} 3 1 1", now=t)
+        assert dog.verdict(now=t) is None
+    dog.reset(now=100)  # a new wait after an idle gap: time counts from now
+    dog.observe(0, "30 19 1 0", now=101)
+    dog.observe(1, "30 3 1 1", now=101)
+    assert dog.verdict(now=102) is None
 
 
 def test_a_worker_waiting_for_a_stuck_peer_is_not_blamed():

@@ -81,7 +81,7 @@ def test_resume_with_other_settings_or_input_is_refused(tmp_path, capsys):
     before = out.read_text()
     assert cli(inp, out, "--use_cache", tokens=5) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("error: --use_cache:") and "tokens_to_generate: 4 -> 5" in line, line
+    assert "holds results of other settings" in line and "tokens_to_generate: 4 -> 5" in line, line
     assert run_main(infer_main, ["--model_path", "random:tiny", "--attn_type", "star", "--input_path", str(inp),
                                  "--output_path", str(out), "--tokens_to_generate", "4", "--use_cache"]) == 2
     assert "attn_type: 'dense' -> 'star'" in capsys.readouterr().err
@@ -224,3 +224,31 @@ def test_result_file_unit_refuses_mixed_settings(tmp_path):
     again = ResultFile(out, {"a": 1}, samples, resume=True)
     assert set(again.done) == {0}
     again.close()
+
+
+def test_a_symlinked_output_is_the_same_file_for_the_lock_and_the_rows(tmp_path, capsys):
+    inp, real = tmp_path / "in.jsonl", tmp_path / "real.jsonl"
+    write_jsonl(inp, rows(2))
+    assert cli(inp, real) == 0
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    import fcntl
+
+    holder = open(str(real) + ".lock", "a")  # another writer of real.jsonl holds its lock
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        assert cli(inp, link) == 2  # the same file through the link: refused, nothing truncated
+        assert "is writing" in capsys.readouterr().err
+    finally:
+        holder.close()
+    assert len(read_rows(real)) == 2
+    assert cli(inp, link, "--use_cache") == 0
+    assert link.is_symlink() and len(read_rows(real)) == 2
+
+
+def test_ignore_eos_is_a_setting_that_changes_answers(tmp_path, capsys):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(inp, rows(2))
+    assert cli(inp, out) == 0
+    assert cli(inp, out, "--use_cache", "--ignore_eos") == 2
+    assert "ignore_eos: False -> True" in capsys.readouterr().err

@@ -28,10 +28,10 @@ def result_settings(cfg: RunConfig, max_new_tokens: int | None = None) -> dict:
 
     model = cfg.model_path or "bundled"
     if not model.startswith("random:") and model != "bundled" and os.path.exists(model):
-        model = os.path.abspath(model)
+        model = os.path.realpath(model)
     s = {"model": model, "attn_type": cfg.attn_type, "dtype": str(resolve_dtype(cfg.dtype, cfg.device)),
          "tokens_to_generate": max_new_tokens or cfg.tokens_to_generate, "stop_words": list(cfg.stop_words),
-         "temperature": cfg.temperature, "chat_template": cfg.chat_template}
+         "temperature": cfg.temperature, "chat_template": cfg.chat_template, "ignore_eos": cfg.ignore_eos}
     if cfg.temperature > 0:
         s.update(top_p=cfg.top_p, seed=cfg.seed)
     s.update(get_mode(cfg.attn_type).settings(cfg))

@@ -37,7 +37,7 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike |
     A directory, a path under a file, the input file itself, or a folder that cannot be written each give
     one line naming the problem and the fix. Creates the output's folder if needed.
     """
-    p = Path(output).expanduser()
+    p = Path(output).expanduser().resolve()  # one file, one lock, whatever path (symlink, relative) names it
     if p.is_dir():
         raise ConfigError(f"--output_path {output} is a directory; give a file path such as {p / 'preds.jsonl'}")
     if input_path is not None and Path(input_path).exists() and (
@@ -129,9 +129,9 @@ class ResultFile:
         if old.get("input_path") and meta["input_path"] and old["input_path"] != meta["input_path"]:
             diffs.append(f"input_path: {old['input_path']} -> {meta['input_path']}")
         if diffs:
-            raise ConfigError(f"--use_cache: {self.path} holds results of other settings ({'; '.join(diffs)}); "
-                              "rerun with the same settings, drop --use_cache to start the file over, or write to another "
-                              "--output_path")
+            raise ConfigError(f"{self.path} holds results of other settings ({'; '.join(diffs)}); rerun with the "
+                              "same settings, start the file over (inference: without --use_cache), or write elsewhere "
+                              "(--output_path / --output_dir)")
 
     def _resume(self) -> None:
         if not self.path.exists():

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 TIERS = ("device", "cpu", "disk")
+PENDING_BYTES = 1 << 30  # entries waiting for the disk writer beyond this make put() wait
 FORMAT = "star-runtime-block/1"
 SUFFIX = ".safetensors"
 
@@ -91,16 +92,17 @@ class BlockStore:
                 continue
             self.used[tier] -= entry.nbytes
             self._hit(tier, num_tokens)
-            entry.kv = entry.kv.to(self.device)
-            self._insert(key, entry, "device")
-            return entry.kv, entry.inv_freq
+            kv = entry.kv.to(self.device)
+            entry.kv = kv
+            self._insert(key, entry, "device")  # an entry larger than the device tier lands lower: kv stays here
+            return kv, entry.inv_freq
         got = self.disk.load(key, num_tokens) if self.disk is not None else None
         if got is not None:
             self._hit("disk", num_tokens)
             kv, inv_freq = got
-            entry = Entry(kv.to(self.device), inv_freq, kv.numel() * kv.element_size())
-            self._insert(key, entry, "device")
-            return entry.kv, entry.inv_freq
+            kv = kv.to(self.device)
+            self._insert(key, Entry(kv, inv_freq, kv.numel() * kv.element_size()), "device")
+            return kv, inv_freq
         self.stats.misses += 1
         self.stats.miss_tokens += num_tokens
         return None
@@ -190,6 +192,8 @@ class DiskTier:
         self.files: OrderedDict[str, int] = OrderedDict()  # key -> bytes on disk, oldest first
         self.used = 0
         self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.pending_bytes = 0
+        self.space = threading.Condition()
         self.gone: list[str] = []
         self.queue: queue.Queue = queue.Queue()
         self._failed = False
@@ -233,10 +237,20 @@ class DiskTier:
 
     # -- writing -----------------------------------------------------------------------------------------
     def put(self, key: str, kv: torch.Tensor, inv_freq: torch.Tensor) -> None:
+        """Queue an entry for writing. One larger than the whole budget is not written (it would evict every
+        other entry and then itself). Pending entries hold memory outside every tier's budget, so a disk slower
+        than encoding makes put() wait while more than PENDING_BYTES wait to be written."""
+        nbytes = kv.numel() * kv.element_size()
+        if nbytes > self.budget:
+            return
+        with self.space:
+            while self.pending_bytes > max(PENDING_BYTES, nbytes) and not self._failed:
+                self.space.wait(1.0)
         with self.lock:
             if key in self.files or key in self.pending:
                 return
             self.pending[key] = (kv, inv_freq)
+            self.pending_bytes += nbytes
         self.queue.put(key)
 
     def _writer(self) -> None:
@@ -253,7 +267,11 @@ class DiskTier:
                         self._failed = True
                         self.notice(f"block cache: cannot write {self.dir} ({e}); entries are kept in memory only")
                 with self.lock:
-                    self.pending.pop(key, None)
+                    done = self.pending.pop(key, None)
+                    if done is not None:
+                        self.pending_bytes -= done[0].numel() * done[0].element_size()
+                with self.space:
+                    self.space.notify_all()
             finally:
                 self.queue.task_done()
 
@@ -283,7 +301,7 @@ class DiskTier:
         while self.used > self.budget and self.files:
             old, size = self.files.popitem(last=False)
             self.used -= size
-            self._path(old).unlink(missing_ok=True)
+            _unlink(self._path(old))
             self.gone.append(old)
 
     def take_gone(self) -> list[str]:
@@ -311,13 +329,19 @@ class DiskTier:
                 return None
         path = self._path(key)
         try:
+            if not path.exists():
+                raise FileNotFoundError(path)
             kv, inv_freq = self._read(path, key, num_tokens)
+        except FileNotFoundError:  # another process sharing the folder evicted it: a plain miss
+            with self.lock:
+                self.used -= self.files.pop(key, 0)
+            return None
         except Exception as e:
             reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
             self.notice(f"block cache: {path} is unusable ({reason}); recomputing that block")
             with self.lock:
                 self.used -= self.files.pop(key, 0)
-            path.unlink(missing_ok=True)
+            _unlink(path)
             return None
         with self.lock:
             if key in self.files:
@@ -361,6 +385,14 @@ def _crc(*tensors: torch.Tensor) -> int:
     for t in tensors:
         crc = zlib.crc32(t.contiguous().view(-1).view(torch.uint8).numpy(), crc)
     return crc
+
+
+def _unlink(path: Path) -> None:
+    """Remove a cache file; a read-only or vanished file is left to be (the entry is dropped all the same)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def gib(x: float) -> int:

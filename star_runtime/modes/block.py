@@ -28,6 +28,7 @@ from ..kv.block_store import BlockStore, block_key, gib
 from ..kv.gather import gather_rotate
 from ..kv.shard import ContextShard
 from ..models.loader import num_layers, text_config
+from ..progress import tick
 from ..prompts import split_blocks, tokenize_blocks
 from .base import Mode, Prompt
 
@@ -134,7 +135,11 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
     if not mine:
         return ContextShard(num_layers(model))
     device = store.device
-    found = {b.key: store.get(b.key, len(b.ids)) for b in mine}
+    found = {}
+    for b in mine:  # a block twice in one prompt is looked up once
+        if b.key not in found:
+            found[b.key] = store.get(b.key, len(b.ids))
+            tick()  # a disk hit reads and checks a whole entry: progress for the liveness watch
     missing = list({b.key: b for b in mine if found[b.key] is None}.values())
     if missing:
         for b, (kv, freq) in zip(missing, encode_new_blocks(model, missing, reencoder, device, pad_id, total_len)):

@@ -59,6 +59,8 @@ class Heartbeat:
         beat = 0
         while not self.stop_event.is_set():
             beat += 1
+            if progress.compiling():
+                progress.tick()  # a compile runs for tens of seconds without a layer: it is progress
             count, busy, waiting = progress.snapshot()
             try:
                 store.set(f"{PREFIX}{self.rank}", f"{beat} {count} {int(busy)} {int(waiting)}")
@@ -102,6 +104,14 @@ class Watchdog:
             old[1], old[4] = count, now
         old[2] = busy
 
+    def reset(self, now: float | None = None) -> None:
+        """A new wait begins (the driver starts waiting on a step): time is counted from now, not from
+        observations before an idle gap."""
+        now = time.monotonic() if now is None else now
+        for s in self.seen.values():
+            if s is not None:
+                s[3] = s[4] = now
+
     def verdict(self, now: float | None = None) -> str | None:
         """One line naming the stalled workers, or None while every worker is fine."""
         now = time.monotonic() if now is None else now
@@ -109,7 +119,10 @@ class Watchdog:
         if frozen:
             return (f"worker {_names(frozen)} sent no heartbeat for {self.timeout_s:.0f} s (the process is "
                     "frozen or stopped, or its node is gone)")
-        stuck = [r for r, s in self.seen.items() if s is not None and s[2] and now - s[4] > self.timeout_s]
+        busy = [r for r, s in self.seen.items() if s is not None and s[2]]
+        stuck = [r for r in busy if now - self.seen[r][4] > self.timeout_s]
+        if len(stuck) < len(busy):  # some busy worker progresses: the others wait for it in a collective
+            return None
         working = [r for r in stuck if not self.seen[r][5]]  # stuck outside a collective: the others wait on it
         stuck = working or stuck
         if stuck:
@@ -139,7 +152,7 @@ class PeerWatch:
         self.rank, self.world = rank, world
         host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
         self.heartbeat = Heartbeat(lambda: connect_store(host, port), rank)
-        self.watchdog = Watchdog([r for r in range(world) if r != rank], timeout_s)
+        self.watchdog = Watchdog(list(range(world)), timeout_s)  # itself too: a peer may be waiting for it
         self.host, self.port = host, port
         self.thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
         self.thread.start()
@@ -159,7 +172,10 @@ class PeerWatch:
                 values = {}
                 unreachable_since = unreachable_since or now
             for r, v in values.items():
-                self.watchdog.observe(r, v, now)
+                if r != self.rank:
+                    self.watchdog.observe(r, v, now)
+            count, busy, waiting = progress.snapshot()
+            self.watchdog.observe(self.rank, f"{int(now * 10)} {count} {int(busy)} {int(waiting)}", now)
             msg = self.watchdog.verdict(now)
             if msg is None and unreachable_since and now - unreachable_since > self.watchdog.timeout_s:
                 msg = "worker 0 (host of the rendezvous store) stopped answering"

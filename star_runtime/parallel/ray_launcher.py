@@ -163,6 +163,8 @@ class RayLauncher:
         """ray.get on all refs, but fail fast: the first error, or a worker whose heartbeat or progress stops
         (liveness.Watchdog), kills every actor and raises WorkerFailure."""
         pending = list(refs)
+        if self.watchdog is not None:
+            self.watchdog.reset()
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=PERIOD_S)
             for ref in ready:

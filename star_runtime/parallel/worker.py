@@ -90,8 +90,10 @@ def flush_on_signals(flush) -> None:
         prev = signal.getsignal(sig)
 
         def handler(signum, frame, prev=prev):
-            try:
-                flush()
+            try:  # in a thread: the interrupted main thread may hold a lock the flush needs
+                t = threading.Thread(target=flush, daemon=True)
+                t.start()
+                t.join(60)
             finally:
                 if callable(prev):
                     prev(signum, frame)
@@ -263,10 +265,10 @@ class Worker:
                 st.flush()
 
     def close(self):
+        if self.watch is not None:  # first: a rank still flushing its cache is not a stalled peer
+            self.watch.stop()
         for st in self._states.values():
             if hasattr(st, "close"):
                 st.close()
-        if self.watch is not None:
-            self.watch.stop()
         self.group.destroy()
 
