@@ -133,8 +133,8 @@ def main():
         print(json.dumps(row), flush=True)
         del shards
         torch.cuda.empty_cache()
-    print(f"\n| card | batch | context | step (ms) | floor (ms) = weights + KV | step / floor | tokens/s | stock "
-          f"transformers step (ms) |\n|---|---|---|---|---|---|---|---|")
+    print("\n| card | batch | context | step (ms) | floor (ms) = weights + KV | step / floor | tokens/s | stock "
+          "transformers step (ms) |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['card']} | {r['batch']} | {r['context']} | {r['step_ms']:.2f} | {r['floor_ms']:.2f} = "
               f"{r['floor_weights_ms']:.2f} + {r['floor_kv_ms']:.2f} | {r['vs_floor']:.2f}x | {r['tokens_per_s']:.0f} | "

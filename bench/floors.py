@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 
 import torch
@@ -59,7 +60,7 @@ def copy_bandwidth(device, nbytes: int = 4 << 30) -> float:
     a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
     b = torch.empty_like(a)
     b.copy_(a)
-    ms = _median_ms(lambda: b.copy_(a), repeats=10)
+    ms = _median_ms(functools.partial(b.copy_, a), repeats=10)
     del a, b
     return 2 * nbytes / (ms / 1e3)
 

@@ -388,6 +388,7 @@ class Arena:
         self.used = None
         self.prefills: dict[int, PrefillStep] = {}
         self.step: DecodeStep | None = None
+        self.busy = False  # a served sequence decodes over these rows (Sequences.adopt) until it leaves
 
     def load(self, shard: ContextShard) -> None:
         """This request's context: written here by phase 1 already (shard.rows), else copied in."""
@@ -695,9 +696,11 @@ class Sequences:
     (the caller also ends a sequence at its token cap).
     """
 
-    def __init__(self, model, group, eos: set[int], layers: str = "eager"):
-        self.model, self.group, self.eos, self.layers = model, group, eos, layers
+    def __init__(self, model, group, eos: set[int], layers: str = "eager", decode: str = "eager"):
+        self.model, self.group, self.eos, self.layers, self.decode = model, group, eos, layers, decode
         self.seqs: dict[int, Sequence] = {}
+        self.arenas: dict[int, Arena] = {}  # sequences that live in an Arena's rows
+        self.on_step: int | None = None  # the one sequence decoding by its Arena's fixed-shape step
 
     def _forward(self, ids: list[int], tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         host = self.group.is_host
@@ -746,10 +749,63 @@ class Sequences:
         return self._decide([sid], self._forward([sid], query.unsqueeze(0), pos))[0]
 
     @torch.inference_mode()
+    def adopt(self, sid: int, arena: "Arena", logits: torch.Tensor, max_new: int, sampler=None,
+              stop=None) -> tuple[int, int]:
+        """A newcomer whose query was prefilled over an Arena (from its CUDA graph): its context and query KV
+        stay in the arena's rows, read in place as its shard until it leaves; later tokens go to its
+        QueryCache. logits: (1, V) of its last query token."""
+        n = int(arena.len_t.item())
+        shard = ContextShard.in_rows(arena.rows, n)
+        cache = QueryCache(num_layers(self.model), max_new) if self.group.is_host else None
+        arena.busy = True
+        self.seqs[sid] = Sequence(shard, cache, n, max_new, sampler, stop)
+        self.arenas[sid] = arena
+        return self._decide([sid], logits)[0]
+
+    def _arena_step(self, sid: int) -> tuple[int, int]:
+        """One token of the sequence alone in the batch whose KV lives in an Arena: the arena's DecodeStep (a
+        CUDA-graph replay with decode=graph) writes it into the arena's rows after the context."""
+        s, arena = self.seqs[sid], self.arenas[sid]
+        if self.on_step != sid:
+            if arena.step is None:
+                arena.step = DecodeStep(self.model, self.group, [s.shard], None, [s.last], [s.pos],
+                                        use_graph=self.decode == "graph", layers=self.layers, kv=arena)
+            else:
+                arena.step.rearm([s.last], [s.pos])
+            self.on_step = sid
+        logits = arena.step(torch.tensor([s.last], dtype=torch.long, device=self.group.device))
+        return self._decide([sid], logits)[0]
+
+    def _leave_step(self) -> None:
+        """The arena-stepped sequence joins the eager batch: the tokens its steps wrote become part of its
+        shard (rows read in place), later ones go to its QueryCache; the attention is the same."""
+        sid, self.on_step = self.on_step, None
+        if sid in self.seqs:
+            arena = self.arenas[sid]
+            self.seqs[sid].shard = ContextShard.in_rows(arena.rows, int(arena.len_t.item()))
+
+    def _steppable(self, ids: list[int]) -> bool:
+        """Alone, in an arena, nothing in its QueryCache yet, and one RoPE frame to its last token."""
+        if len(ids) != 1 or ids[0] not in self.arenas or self.decode not in ("static", "graph"):
+            return False
+        s = self.seqs[ids[0]]
+        if s.cache is not None and s.cache.length:
+            return False
+        last = s.pos + (s.max_new - s.steps) + 1
+        return (last <= self.arenas[ids[0]].capacity and graph_capturable(self.model)
+                and len(frame_groups(self.model.config, [s.pos + 1, last])) == 1)
+
+    @torch.inference_mode()
     def step(self, ids: list[int]) -> list[tuple[int, int]]:
         """One token for each of ``ids``: one forward per group of sequences sharing RoPE frequencies (one
         group but for LongRoPE models with sequences on both sides of the switch)."""
         tick()
+        if self._steppable(ids):
+            row = self._arena_step(ids[0])
+            self.seqs[ids[0]].pos += 1
+            return [row]
+        if self.on_step is not None:
+            self._leave_step()
         dev = self.group.device
         out = {}
         lengths = [self.seqs[i].pos + 1 for i in ids]
@@ -765,4 +821,9 @@ class Sequences:
         return [out[i] for i in ids]
 
     def remove(self, sid: int) -> None:
+        if self.on_step == sid:
+            self.on_step = None
         self.seqs.pop(sid, None)
+        arena = self.arenas.pop(sid, None)
+        if arena is not None:
+            arena.busy = False

@@ -420,3 +420,25 @@ def test_text_stream_pieces_add_up_to_the_decoded_text_cut_at_the_stop():
         assert want != text or not stop
         assert "".join(pieces) == want, (stop, pieces)
         assert all("\ufffd" not in p for p in pieces)
+
+
+def test_a_request_alone_prefills_over_the_arena_and_answers_as_the_eager_path():
+    """With fixed-shape steps, a newcomer into an empty batch is prefilled over an Arena (one CUDA-graph replay
+    on GPUs; here the same fixed shapes, uncaptured) and decodes over its rows in place; requests that join
+    it go the eager way. Both give the eager server's answers, alone and together."""
+    prompts = [f"Question {i} about the market in town {i}?" for i in range(4)]
+    docs = [DOC, "Copper turns green when it weathers in rain. "]
+    out = {}
+    for decode in ("eager", "static"):
+        with Server("--attn_type", "block", "--ignore_eos", "--decode", decode) as s:
+            def ask(p):
+                return s.client.chat.completions.create(model=s.model, max_tokens=12, extra_body={"documents": docs},
+                                                        messages=[{"role": "user", "content": p}]
+                                                        ).choices[0].message.content
+
+            alone = [ask(p) for p in prompts]
+            with cf.ThreadPoolExecutor(4) as pool:
+                together = list(pool.map(ask, prompts))
+            out[decode] = (alone, together)
+    assert out["static"][0] == out["eager"][0]
+    assert out["static"][1] == out["eager"][0]

@@ -167,3 +167,33 @@ def test_one_request_at_a_time_over_kept_arenas_equals_eager():
         for e, s in zip(out["eager"], out["static"]):
             assert s.tokens == e.tokens
             assert_same_steps(s.logits, e.logits, 1e-4)
+
+
+def test_served_sequence_alone_decodes_over_its_arena_and_joins_a_batch_exactly():
+    """A server's newcomer into an empty batch (fixed-shape steps, one worker) is prefilled over an Arena and,
+    while alone, decodes by the arena's own step; when another request joins, the tokens it wrote there
+    become part of its shard and both decode together. Every token equals the eager server's."""
+    docs = [["Head text. ", "Copper turns green in rain. ", "Bread rises. "], ["Head text. ", "Bread rises. "]]
+    out = {}
+    for decode in ("eager", "static"):
+        with make_engine(attn_type="block", decode=decode) as eng:
+            a = eng.prepare("", " What is it?", 0, blocks=docs[0], max_new_tokens=9)
+            b = eng.prepare("", " Where?", 1, blocks=docs[1], max_new_tokens=6)
+            toks = {0: [eng.serve_step([], [a], [])["new"][0][0]], 1: []}
+            for _ in range(3):
+                toks[0].append(eng.serve_step([], [], [0])["step"][0][0])
+            seqs = eng.launcher.worker.mode_state("serve", None)
+            if decode == "static":
+                assert seqs.on_step == 0 and seqs.arenas[0].step is not None  # alone: the arena's step
+            res = eng.serve_step([], [b], [0])
+            toks[1].append(res["new"][0][0])
+            toks[0].append(res["step"][0][0])
+            for _ in range(4):
+                rows = eng.serve_step([], [], [0, 1])["step"]
+                toks[0].append(rows[0][0])
+                toks[1].append(rows[1][0])
+            assert seqs.on_step is None
+            eng.serve_step([0, 1], [], [])
+            assert not seqs.arenas and not any(x.busy for x in eng.launcher.worker.arenas.by_capacity.values())
+            out[decode] = toks
+    assert out["static"] == out["eager"]

@@ -17,7 +17,8 @@ from .. import progress
 from ..attention.rope import frame_crossing, rope_frame
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..decode import Arenas, Sequences, arena_path, generate, resolve_decode_mode, sync_device
+from ..decode import (Arenas, PrefillStep, Sequences, arena_path, generate, graph_capturable, query_bucket,
+                      resolve_decode_mode, sync_device)
 from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype
 from ..modes import get_mode
 from ..sampling import Sampler, StopChecker, eos_ids
@@ -220,25 +221,45 @@ class Worker:
         query prefill of each ``new`` request (its index is its sequence id), then one decode step for the
         ``step`` sequences. Returns {"new": [(token, flag, phase1_s, first_token_s, cache counts)],
         "step": [(token, flag)], "step_s": seconds}."""
-        self._arena_call = False  # served sequences keep their own shards (arenas serve one request at a time)
         with progress.busy():
-            seqs = self.mode_state("serve", lambda w: Sequences(w.model, w.group, w.eos, w.cfg.prefill_layers))
+            decode = resolve_decode_mode(self.cfg.decode, self.model, self.device, len(self.devices))
+            seqs = self.mode_state("serve", lambda w: Sequences(w.model, w.group, w.eos, w.cfg.prefill_layers,
+                                                                decode))
             for i in close:
                 seqs.remove(i)
             opened = []
             for r in new:
                 mode = get_mode(r.mode or self.cfg.attn_type)
                 before = mode.counters(self)
+                # alone (nothing running), on one worker, with fixed-shape steps: its query prefill is one
+                # replay of an Arena's CUDA graph, its phase 1 written into the arena's rows directly
+                arena = None
+                if (arena_path(self.group.world_size, 1, decode) and not seqs.seqs and len(new) == 1
+                        and graph_capturable(self.model)):
+                    arena = self.arenas.for_request(self.model, len(r.context_ids), len(r.query_ids),
+                                                    r.max_new_tokens, self.device)
+                    arena = None if arena.busy else arena
+                self._arena_call = arena is not None
                 t0 = time.perf_counter()
                 with rope_frame(self.model, len(r.context_ids) + len(r.query_ids)):
                     shard = mode.encode(self, r, self.cfg)
+                self._arena_call = False
                 sync_device(self.device)
                 t1 = time.perf_counter()
                 q = torch.tensor(r.query_ids, dtype=torch.long, device=self.device)
                 eos = self.eos | (set(r.extra_eos) if not self.cfg.ignore_eos else set())
                 seqs.eos = eos
-                tok, flag = seqs.add(r.index, shard, q, len(r.context_ids), r.max_new_tokens,
-                                     self._sampler(r, self.cfg), self._stop_checker(r, self.cfg))
+                sampler, stop = self._sampler(r, self.cfg), self._stop_checker(r, self.cfg)
+                if arena is not None:
+                    arena.load(shard)
+                    tb = query_bucket(q.numel())
+                    if tb not in arena.prefills:
+                        arena.prefills[tb] = PrefillStep(self.model, self.group, arena, tb, decode == "graph",
+                                                         self.cfg.prefill_layers)
+                    logits = arena.prefills[tb](q, len(r.context_ids))
+                    tok, flag = seqs.adopt(r.index, arena, logits, r.max_new_tokens, sampler, stop)
+                else:
+                    tok, flag = seqs.add(r.index, shard, q, len(r.context_ids), r.max_new_tokens, sampler, stop)
                 sync_device(self.device)
                 after = mode.counters(self)
                 counts = None if before is None else {k: after[k] - before[k] for k in after}
