@@ -1,64 +1,112 @@
-"""Micro-benchmark of the partial-attention kernels for decode / query rows over a long KV (GPU)."""
+"""Short queries over long token-major KV on one GPU: the split-KV Triton kernel against the varlen flash
+kernel, for the two runtime calls (decode_partial: one token per row; prefill_partial: a question's query
+tokens after a context of cached passages), Llama-3-8B heads (32 query / 8 KV heads, D 128), bf16.
 
+Floor per row, measured in the same run: the KV bytes read once at the card's copy bandwidth
+(bench/floors.py), or the attention FLOPs at the dense bf16 matmul rate measured here, whichever is larger.
+Each call is timed as a CUDA-graph replay (as the runtime's steps run it). Prints a table and writes JSON
+lines (--out).
+
+    python bench/micro_attention.py --out docs/results/short_query_attention_h200.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
 import os
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from star_runtime.attention.partial import _cudnn, _flash, _math, partial_attention  # noqa: E402
+import star_runtime.attention.partial as partial  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from floors import copy_bandwidth  # noqa: E402
 
 
-def timeit(fn, n=50):
+def time_us(fn, n: int = 50, graph: bool = False) -> float:
+    """Mean over n calls; graph: the call captured once in a CUDA graph and replayed, as the
+    runtime's steps run it (no launch cost)."""
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        fn = g.replay
+        fn()
+        torch.cuda.synchronize()
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     s.record()
     for _ in range(n):
         fn()
     e.record()
     torch.cuda.synchronize()
-    return s.elapsed_time(e) / n * 1000  # us
+    return s.elapsed_time(e) / n * 1000
 
 
-for tk in (16384, 32768):
-    for tq in (1, 64):
-        q = torch.randn(1, 32, tq, 128, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(1, 8, tk, 128, device="cuda", dtype=torch.bfloat16)
+def matmul_rate() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    us = time_us(lambda: a @ a, 20)
+    return 2 * 8192 ** 3 / (us / 1e6)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=["1:1:32768", "1:1:131072", "16:1:4096", "1:50:8192",
+                                                   "1:50:32768"],
+                    help="rows:query_tokens:context_tokens")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    hq, hkv, d = 32, 8, 128
+    card = torch.cuda.get_device_name()
+    bw, rate = copy_bandwidth("cuda"), matmul_rate()
+    print(f"{card}: copy {bw / 1e12:.2f} TB/s, bf16 matmul {rate / 1e12:.0f} TFLOP/s")
+    rows = []
+    for case in args.cases:
+        a, t, ctx = (int(x) for x in case.split(":"))
+        tb = 1 if t == 1 else max(16, 1 << (t - 1).bit_length())
+        c = ctx + tb + 64
+        q = torch.randn(a, hq, tb, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(a, c, hkv, d, device="cuda", dtype=torch.bfloat16)
         v = torch.randn_like(k)
-        res = {
-            "flash_expanded": lambda: _flash(q, k, v, 0.088, False),
-            "runtime(fold)": lambda: partial_attention(q, k, v, 0.088),
-            "math_fold": lambda: _math(q.reshape(1, 8, 4 * tq, 128), k, v, 0.088, False),
-        }
-        try:
-            _flash(q, k, v[:, :], 0.088, False)
-            res["flash_native_gqa"] = lambda: torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=0.088)
-            torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=0.088)
-        except Exception as ex:
-            print("native gqa flash:", type(ex).__name__, str(ex)[:100])
-            res.pop("flash_native_gqa", None)
-        print(f"tk={tk} tq={tq}: " + "  ".join(f"{n} {timeit(f):.0f}us" for n, f in res.items()), flush=True)
+        slots = torch.arange(c, device="cuda")
+        if t == 1:
+            used = torch.full((a,), ctx, dtype=torch.int32, device="cuda")
+
+            def call():
+                return partial.decode_partial(q, k, v, used, slots, d ** -0.5, native_out=True)
+        else:
+            used = torch.tensor([ctx + t], dtype=torch.int32, device="cuda")
+            cu_q = torch.tensor([0, t], dtype=torch.int32, device="cuda")
+
+            def call():
+                return partial.prefill_partial(q, k, v, used, cu_q, slots, d ** -0.5, native_out=True)
+        kv_bytes = a * ctx * hkv * d * 2 * 2
+        flops = 4 * a * t * ctx * hq * d
+        floor = max(kv_bytes / bw, flops / rate) * 1e6
+        row = {"card": card, "rows": a, "query_tokens": t, "context": ctx, "floor_us": round(floor, 1),
+               "date": time.strftime("%Y-%m-%d")}
+        for kernel in ("split", "flash"):
+            partial._KERNEL = kernel
+            row[f"{kernel}_us"] = round(time_us(call, graph=True), 1)
+        partial._KERNEL = None
+        rows.append(row)
+        q = k = v = call = None  # free the buffers before the next case
+        torch.cuda.empty_cache()
+    print("\n| card | rows x query tokens | context | split-KV (us) | varlen flash (us) | floor (us) | split / floor |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['card']} | {r['rows']} x {r['query_tokens']} | {r['context']} | {r['split_us']} | "
+              f"{r['flash_us']} | {r['floor_us']} | {r['split_us'] / r['floor_us']:.2f}x |")
+    if args.out:
+        with open(args.out, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
 
 
-# Prefill (phase-1) shapes: causal blocks, as star batches them; FLOP rate of flash vs cuDNN, and agreement.
-for b, t in ((1, 16384), (4, 8192), (2, 16384)):
-    q = torch.randn(b, 32, t, 128, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(b, 8, t, 128, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    flops = 4 * b * 32 * 128 * t * t / 2
-    row = []
-    for name, fn in (("flash", _flash), ("cudnn", _cudnn)):
-        try:
-            us = timeit(lambda: fn(q, k, v, 0.088, True), n=10)
-            row.append(f"{name} {us / 1000:.2f} ms ({flops / us / 1e6:.0f} TFLOP/s)")
-        except Exception as ex:  # noqa: BLE001
-            row.append(f"{name} unavailable: {type(ex).__name__}: {str(ex)[:80]}")
-    try:
-        o1, l1 = _flash(q[:, :, :2048], k[:, :, :2048], v[:, :, :2048], 0.088, True)
-        o2, l2 = _cudnn(q[:, :, :2048], k[:, :, :2048], v[:, :, :2048], 0.088, True)
-        row.append(f"|dout| {(o1 - o2).abs().max().item():.1e} |dlse| {(l1 - l2).abs().max().item():.1e}")
-    except Exception as ex:  # noqa: BLE001
-        row.append(f"compare failed: {type(ex).__name__}")
-    print(f"causal b={b} t={t}: " + "  ".join(row), flush=True)
+if __name__ == "__main__":
+    main()

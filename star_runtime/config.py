@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError, WorkerFailure  # noqa: F401  (re-exported: the one place both live)
 
-ATTN_TYPES = ("dense", "ring", "star", "block")
+ATTN_TYPES = ("dense", "ring", "star", "apb", "block")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
 PREFILL_LAYERS = ("auto", "compiled", "eager")
@@ -52,12 +52,14 @@ class RunConfig:
     device: str = knob("cpu", "cpu (gloo) or cuda (NCCL)", "model", choices=DEVICES)
     dtype: str = knob("auto", "auto = bfloat16 on cuda, float32 on cpu", "model", choices=DTYPES)
     # layout
-    attn_type: str = knob("star", "dense, ring, star or block", "layout", ("-a",), choices=ATTN_TYPES)
+    attn_type: str = knob("star", "dense, ring, star, apb (star with passing blocks) or block", "layout", ("-a",), choices=ATTN_TYPES)
     block_size: int = knob(-1, "star context block length in tokens (-1: context length / workers)", "layout",
                            ("-bs",))
     anchor_block_size: int = knob(-1, "star anchor length (-1: the block size)", "layout", ("-as",))
     num_blocks: int = knob(0, "star: cut each context into N blocks, block = ceil(length / N) (instead of "
                               "--block_size)", "layout", ("-nb",))
+    passing_tokens: int = knob(-1, "apb: tokens of each block that later blocks also see, chosen by the query "
+                                   "(-1: block / 8; 0 = star; >= block = dense)", "layout")
     max_batch_tokens: int = knob(0, "star: at most this many tokens per phase-1 batch of blocks (0: all of a "
                                     "worker's blocks)", "layout")
     block_delimiter: str = knob("\n\n", "block mode: passages of input_context are cut at this text "
@@ -156,6 +158,9 @@ class RunConfig:
                 f"--anchor_block_size {self.anchor_block_size} is larger than --block_size {self.block_size}; "
                 "use an anchor no longer than a block"
             )
+        if self.passing_tokens < -1:
+            raise ConfigError(f"--passing_tokens must be >= 0, or -1 for one eighth of the block "
+                              f"(got {self.passing_tokens})")
         if self.tokens_to_generate < 1:
             raise ConfigError(f"--tokens_to_generate must be >= 1 (got {self.tokens_to_generate})")
         if self.temperature < 0:

@@ -6,7 +6,9 @@ never depend on how a library aligns a causal mask of unequal lengths.
 
 Kernels (each returns the LSE itself): on CUDA with bf16/fp16 the fused flash kernel; on CUDA fp32 the fused
 memory-efficient kernel; on the CPU torch's flash kernel for CPU. An fp32 math path chunked over queries is
-the reference they are tested against; ``STAR_RUNTIME_ATTN_KERNEL=math|flash|cudnn|efficient|cpu_flash`` forces one.
+the reference they are tested against; ``STAR_RUNTIME_ATTN_KERNEL=math|flash|cudnn|efficient|cpu_flash|split``
+forces one. Short queries over token-major rows (decode_partial, prefill_partial) use the split-KV kernel
+(attention/split_kv.py) on CUDA; ``flash`` takes the varlen flash kernel instead (benchmarks compare them).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import os
 import sys
 
 import torch
+
+from .split_kv import available as split_kv_available
+from .split_kv import split_kv_attention
 
 _MATH_CHUNK_BYTES = 256 * 1024 * 1024
 
@@ -46,7 +51,7 @@ def _partial(q, k, v, scale, causal):
         raise ValueError(f"causal partial attention needs equal lengths, got Tq={q.shape[2]} Tk={k.shape[2]}")
     if k.shape[2] == 0 or q.shape[2] == 0:
         return empty_partial(q)
-    kernel = _KERNEL or _pick_kernel(q, causal)
+    kernel = (_KERNEL if _KERNEL != "split" else None) or _pick_kernel(q, causal)
     if kernel == "flash":
         return _flash(q, k, v, scale, causal)
     if kernel == "cpu_flash":
@@ -187,8 +192,15 @@ def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: boo
     """
     a, hq, _, d = q.shape
     c, hkv = k_rows.shape[1], k_rows.shape[2]
+    if _use_split(q):
+        try:
+            out, lse = split_kv_attention(q, k_rows, v_rows, used - 1, scale, fp32_out=not native_out)
+        except Exception as e:  # noqa: BLE001 -- a Triton build or launch problem: the flash path computes the same
+            _split_failed(e)
+        else:
+            return out, lse
     if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and _VARLEN_OK["ok"]
-            and _KERNEL in (None, "flash", "cudnn") and d <= 256 and d % 8 == 0):
+            and _KERNEL in (None, "flash", "cudnn", "split") and d <= 256 and d % 8 == 0):
         key = (a, c, q.device)
         if key not in _CU:
             _CU[key] = (torch.arange(a + 1, dtype=torch.int32, device=q.device),
@@ -211,6 +223,20 @@ def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: boo
 
 
 _VARLEN_OK = {"ok": True}
+_SPLIT_OK = {"ok": True}
+
+
+def _use_split(q) -> bool:
+    """Short queries over token-major rows on CUDA half precision: the split-KV Triton kernel (attention/
+    split_kv.py), unless STAR_RUNTIME_ATTN_KERNEL names another kernel."""
+    return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and _SPLIT_OK["ok"]
+            and _KERNEL in (None, "split") and split_kv_available(q))
+
+
+def _split_failed(e: Exception) -> None:
+    _SPLIT_OK["ok"] = False
+    print(f"[star-runtime] split-KV attention unavailable ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
+          "using the varlen flash kernel", file=sys.stderr)
 
 
 def prefill_partial(q, k_rows, v_rows, used, cu_q, slots, scale: float, native_out: bool = False):
@@ -223,8 +249,15 @@ def prefill_partial(q, k_rows, v_rows, used, cu_q, slots, scale: float, native_o
     CUDA half precision: one varlen flash launch (bottom-right causal, seqused_k); elsewhere fp32 masked math.
     """
     tb, d = q.shape[2], q.shape[3]
+    if _use_split(q):
+        try:
+            out, lse = split_kv_attention(q, k_rows, v_rows, used - cu_q[1], scale, fp32_out=not native_out)
+        except Exception as e:  # noqa: BLE001 -- a Triton build or launch problem: the flash path computes the same
+            _split_failed(e)
+        else:
+            return out, lse
     if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and _VARLEN_OK["ok"]
-            and _KERNEL in (None, "flash", "cudnn") and d <= 256 and d % 8 == 0):
+            and _KERNEL in (None, "flash", "cudnn", "split") and d <= 256 and d % 8 == 0):
         try:
             return _prefill_flash(q, k_rows, v_rows, used, cu_q, scale, native_out)
         except (RuntimeError, TypeError) as e:

@@ -1,10 +1,21 @@
-"""On the GPU: the static-decode kernel (flash in its varlen form, one launch for the batch, lengths on the
-device) against fp64 attention and the fp32 masked math it replaces, bf16 at Llama-3-8B head shapes, rows of
-different lengths; and captured in a CUDA graph, a changed length is honoured on replay."""
+"""On the GPU: the static-decode and query-prefill kernels (the split-KV Triton kernel, and flash in its
+varlen form; lengths on the device) against fp64 attention and the fp32 masked math they replace, bf16 at
+Llama-3-8B head shapes, rows of different lengths; and captured in a CUDA graph, a changed length is honoured
+on replay."""
 
+import pytest
 import torch
 
+import star_runtime.attention.partial as partial
 from star_runtime.attention.partial import decode_partial, masked_partial
+
+
+@pytest.fixture(autouse=True, params=["split", "flash"])
+def kernel(request, monkeypatch):
+    """Every test twice: the split-KV kernel (the default) and the varlen flash kernel."""
+    monkeypatch.setattr(partial, "_KERNEL", request.param)
+    yield request.param
+    assert partial._SPLIT_OK["ok"], "the split-KV kernel failed and was switched off"
 
 
 def rows(a=5, c=3000, hq=32, hkv=8, d=128, seed=0):
@@ -78,9 +89,32 @@ def test_varlen_prefill_is_causal_over_context_and_query():
     ref = torch.einsum("htn,hnd->htd", torch.softmax(s, -1), vv)
     assert (out[0, :, :t].double() - ref).abs().max().item() < 2e-2
     assert (lse[0, :, :t].double() - torch.logsumexp(s, -1)).abs().max().item() < 2e-2
-    import star_runtime.attention.partial as partial
-
     limit = used.long() - t + torch.arange(tb, device="cuda") + 1
     valid = (slots[None, :] < limit[:, None])[None, None, None]
     m_out, _ = partial.masked_partial(q, k.transpose(1, 2), v.transpose(1, 2), scale, valid)
     assert (out[0, :, :t] - m_out[0, :, :t]).abs().max().item() < 2e-2
+
+
+@pytest.mark.parametrize("hq,hkv,d,tb,ctx", [(32, 8, 128, 1, 131072), (28, 4, 64, 16, 5000), (8, 8, 128, 64, 77),
+                                             (12, 4, 64, 33, 0)])
+def test_split_kv_kernel_against_fp64(hq, hkv, d, tb, ctx):
+    """The split-KV kernel alone, head shapes of several families (GQA 4 and 7, MHA), a query of 1..64
+    tokens after a context of 0..128K, forced and chosen split counts."""
+    from star_runtime.attention.split_kv import split_kv_attention
+
+    g = torch.Generator(device="cuda").manual_seed(hq + tb)
+    c = ctx + tb + 40
+    q = torch.randn(1, hq, tb, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, c, hkv, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(1, c, hkv, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    base = torch.tensor([ctx], dtype=torch.int32, device="cuda")
+    kk = k[0, : ctx + tb].transpose(0, 1).double().repeat_interleave(hq // hkv, 0)
+    vv = v[0, : ctx + tb].transpose(0, 1).double().repeat_interleave(hq // hkv, 0)
+    s = torch.einsum("htd,hnd->htn", q[0].double(), kk) * d ** -0.5
+    mask = torch.arange(ctx + tb, device="cuda")[None, :] > (ctx + torch.arange(tb, device="cuda"))[:, None]
+    s = s.masked_fill(mask[None], float("-inf"))
+    ref, ref_lse = torch.einsum("htn,hnd->htd", torch.softmax(s, -1), vv), torch.logsumexp(s, -1)
+    for splits in (None, 1, 3):
+        out, lse = split_kv_attention(q, k, v, base, d ** -0.5, splits=splits, fp32_out=True)
+        assert (out[0].double() - ref).abs().max().item() < 2e-2, splits
+        assert (lse[0].double() - ref_lse).abs().max().item() < 2e-2, splits
