@@ -192,7 +192,9 @@ def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: boo
     """
     a, hq, _, d = q.shape
     c, hkv = k_rows.shape[1], k_rows.shape[2]
-    if _use_split(q):
+    # many rows: the split-KV kernel (16 x 4K: 78 us vs 86); one row: flash reads as fast (H200,
+    # bench/micro_attention.py), and STAR_RUNTIME_ATTN_KERNEL=split forces the split kernel
+    if _use_split(q) and (a >= SPLIT_DECODE_ROWS or _KERNEL == "split"):
         try:
             out, lse = split_kv_attention(q, k_rows, v_rows, used - 1, scale, fp32_out=not native_out)
         except Exception as e:  # noqa: BLE001 -- a Triton build or launch problem: the flash path computes the same
@@ -224,6 +226,7 @@ def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: boo
 
 _VARLEN_OK = {"ok": True}
 _SPLIT_OK = {"ok": True}
+SPLIT_DECODE_ROWS = 8
 
 
 def _use_split(q) -> bool:
