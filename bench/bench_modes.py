@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from flop_model import Shape, predicted_speedup, ring_flops, star_flops  # noqa: E402
+from flop_model import Shape, apb_flops, predicted_speedup, ring_flops, star_flops  # noqa: E402
 from star_runtime.config import add_flags, from_args  # noqa: E402
 from star_runtime.fused import layers_compiled  # noqa: E402
 from star_runtime.models.loader import resolve_model  # noqa: E402
@@ -112,7 +112,7 @@ def main():
     # several blocks per rank, the two shapes a compile specialises on)
     for mode in a.modes:
         for dec, block in [(d, b) for d in a.decodes
-                           for b in ([-1, 2048 // (3 * world)] if mode == "star" else [-1])]:
+                           for b in ([-1, 2048 // (3 * world)] if mode in ("star", "apb") else [-1])]:
             worker.run_batch([Request(-1, torch.randint(100, 30000, (2048,), generator=g).tolist(),
                                       torch.randint(100, 30000, (a.query_tokens,), generator=g).tolist(), 4,
                                       mode=mode)], Options(block_size=block, decode=dec))
@@ -126,7 +126,7 @@ def main():
         for mode, dec in [(m, d) for m in a.modes for d in a.decodes]:
             if mode == "dense" and world > 1:
                 continue
-            if mode != "star" and any(r["mode"] == mode and r["context"] == length and r["decode"] == dec
+            if mode not in ("star", "apb") and any(r["mode"] == mode and r["context"] == length and r["decode"] == dec
                                       for r in rows):
                 continue  # dense/ring do not depend on the block size: one run per length
             opts = Options(block_size=block, decode=dec)
@@ -140,9 +140,11 @@ def main():
                 reps.append((r, peak))
             best = min(reps, key=lambda x: x[0].phase1_s)
             r = best[0]
-            eff_block = (block if block > 0 else -(-length // world)) if mode == "star" else None
+            eff_block = (block if block > 0 else -(-length // world)) if mode in ("star", "apb") else None
             if mode == "star":
                 fl = star_flops(shape, length, world, eff_block)
+            elif mode == "apb":
+                fl = apb_flops(shape, length, world, eff_block, max(1, eff_block // 8), a.query_tokens)
             elif mode == "ring":
                 fl = ring_flops(shape, length, world)
             else:

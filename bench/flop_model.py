@@ -76,6 +76,35 @@ def star_flops(shape: Shape, length: int, workers: int, block: int, anchor: int 
     return busiest
 
 
+def apb_flops(shape: Shape, length: int, workers: int, block: int, passing: int, query: int,
+              anchor: int | None = None) -> dict:
+    """Star's FLOPs plus apb's (modes/apb.py) on the busiest GPU: each block i also attends to the passing
+    tokens of the blocks before it (block 0 passes only its tokens past the anchor), the query's T tokens
+    run behind each block (their linear layers, their attention over [anchor ; passing ; block ; themselves])
+    and score the block's keys (one more query-key product, T x n per block)."""
+    plan = star_plan(length, block, anchor if anchor is not None else -1, workers)
+    s, a = plan.block_size, plan.anchor
+    sizes_all = [min(s, length - b * s) for b in range(plan.num_blocks)]
+    passed = [min(passing, n - (a if b == 0 else 0)) for b, n in enumerate(sizes_all)]
+    star = star_flops(shape, length, workers, block, anchor)
+    busiest = None
+    for rank, mine in enumerate(plan.blocks):
+        mine = [b for b in mine if not (b == 0 and a == s and plan.num_blocks > 1)]
+        extra_tokens, extra_pairs = 0, 0.0
+        for b in mine:
+            n = sizes_all[b]
+            seen = sum(passed[:b])
+            extra_pairs += n * seen  # the block over earlier blocks' passing tokens
+            if passing > 0 and plan.num_blocks > 1:
+                extra_tokens += query
+                extra_pairs += query * ((a if b else 0) + seen + n + query / 2) + query * n / 2  # + scoring
+        flops = {"linear": extra_tokens * shape.linear_flops_per_token,
+                 "attention": extra_pairs * shape.attention_flops_per_pair}
+        if busiest is None or sum(flops.values()) > sum(busiest.values()):
+            busiest = flops
+    return {k: star[k] + busiest[k] for k in star}
+
+
 def predicted_speedup(shape: Shape, length: int, workers: int, block: int, anchor: int | None = None) -> float:
     r, s = ring_flops(shape, length, workers), star_flops(shape, length, workers, block, anchor)
     return sum(r.values()) / sum(s.values())
