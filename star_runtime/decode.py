@@ -299,7 +299,7 @@ class DecodeStep:
             self.counters = [c.len_t for c in caches or []]
         self.graph = None
         if use_graph:
-            self._capture()
+            self.capture()
 
     def _forward(self) -> torch.Tensor:
         with attention_state(self.state), compiled_layers(self.model, self.layers):
@@ -310,7 +310,8 @@ class DecodeStep:
         self.pos += 1
         return logits
 
-    def _capture(self) -> None:
+    def capture(self) -> None:
+        """Record the step as a CUDA graph (positions and lengths are left as they were)."""
         saved_pos = self.pos.clone()
         saved_len = [n.clone() for n in self.counters]
         side = torch.cuda.Stream()
@@ -767,11 +768,15 @@ class Sequences:
         CUDA-graph replay with decode=graph) writes it into the arena's rows after the context."""
         s, arena = self.seqs[sid], self.arenas[sid]
         if self.on_step != sid:
+            # a bucket's first served request steps uncaptured; its graph is captured at the next one, so a
+            # request never waits for a capture that only later requests of its bucket would use
             if arena.step is None:
                 arena.step = DecodeStep(self.model, self.group, [s.shard], None, [s.last], [s.pos],
-                                        use_graph=self.decode == "graph", layers=self.layers, kv=arena)
+                                        use_graph=False, layers=self.layers, kv=arena)
             else:
                 arena.step.rearm([s.last], [s.pos])
+                if self.decode == "graph" and arena.step.graph is None:
+                    arena.step.capture()
             self.on_step = sid
         logits = arena.step(torch.tensor([s.last], dtype=torch.long, device=self.group.device))
         return self._decide([sid], logits)[0]
