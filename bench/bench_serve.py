@@ -13,6 +13,7 @@ import concurrent.futures as cf
 import json
 import os
 import random
+import re
 import socket
 import statistics
 import subprocess
@@ -81,6 +82,29 @@ def one(url: str, model: str, docs: list[str], question: str, tokens: int) -> di
             if use else 0}
 
 
+def snapshot(url: str) -> dict:
+    """The server's step and prefill histograms by path: {"<metric>{labels}": (count, sum)} from /metrics."""
+    with urllib.request.urlopen(url + "/metrics") as r:
+        text = r.read().decode()
+    out = {}
+    for name in ("star_runtime_decode_step_seconds", "star_runtime_prefill_seconds"):
+        for m in re.finditer(rf"^{name}_(count|sum)(\{{[^}}]*\}}) ([0-9.e+-]+)$", text, re.M):
+            c, s_ = out.get(name + m.group(2), (0.0, 0.0))
+            out[name + m.group(2)] = (float(m.group(3)), s_) if m.group(1) == "count" else (c, float(m.group(3)))
+    return out
+
+
+def where_time_went(before: dict, after: dict) -> dict:
+    """Per path between two snapshots: how many steps / prefills ran and their mean milliseconds."""
+    res = {}
+    for key, (c, s_) in after.items():
+        c0, s0 = before.get(key, (0.0, 0.0))
+        if c > c0:
+            short = key.replace("star_runtime_", "").replace("_seconds", "")
+            res[short] = {"n": int(c - c0), "mean_ms": round(1000 * (s_ - s0) / (c - c0), 2)}
+    return res
+
+
 def load(url: str, model: str, rate: float, seconds: float, pool: list[str], a, seed: int) -> dict:
     rng = random.Random(seed)
     results, lock = [], threading.Lock()
@@ -143,8 +167,10 @@ def main():
                 for i in range(0, len(pool), 32):
                     one(url, model, pool[i:i + 32], "warm up", 1)
             for i, rate in enumerate(a.rates):
+                before = snapshot(url)
                 row = {"mode": mode, **load(url, model, rate, a.seconds, pool, a, seed=i), "model": a.model,
                        "prewarm": a.prewarm}
+                row["server_paths"] = where_time_went(before, snapshot(url))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:

@@ -702,6 +702,7 @@ class Sequences:
         self.seqs: dict[int, Sequence] = {}
         self.arenas: dict[int, Arena] = {}  # sequences that live in an Arena's rows
         self.on_step: int | None = None  # the one sequence decoding by its Arena's fixed-shape step
+        self.last_path = "batch"  # how the last step ran: "arena" (alone, the arena's step) or "batch"
 
     def _forward(self, ids: list[int], tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         host = self.group.is_host
@@ -808,7 +809,9 @@ class Sequences:
         if self._steppable(ids):
             row = self._arena_step(ids[0])
             self.seqs[ids[0]].pos += 1
+            self.last_path = "arena"
             return [row]
+        self.last_path = "batch"
         if self.on_step is not None:
             self._leave_step()
         dev = self.group.device

@@ -437,6 +437,11 @@ def test_a_request_alone_prefills_over_the_arena_and_answers_as_the_eager_path()
                                                         ).choices[0].message.content
 
             alone = [ask(p) for p in prompts]
+            if decode == "static":  # one at a time: every step by the arena's own step
+                text = get(s.url + "/metrics")[1]
+                arena = re.search(r'star_runtime_decode_step_seconds_count\{path="arena"\} (\S+)', text)
+                assert arena and float(arena.group(1)) >= 4 * 11, text[-2000:]
+                assert 'star_runtime_prefill_seconds_count{path="arena",phase="query"} 4.0' in text
             with cf.ThreadPoolExecutor(4) as pool:
                 together = list(pool.map(ask, prompts))
             out[decode] = (alone, together)

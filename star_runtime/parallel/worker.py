@@ -220,14 +220,15 @@ class Worker:
         """One scheduler iteration, on every worker alike: free the ``close`` sequences, run phase 1 and the
         query prefill of each ``new`` request (its index is its sequence id), then one decode step for the
         ``step`` sequences. Returns {"new": [(token, flag, phase1_s, first_token_s, cache counts)],
-        "step": [(token, flag)], "step_s": seconds}."""
+        "new_path": ["arena" | "batch" per newcomer], "step": [(token, flag)], "step_s": seconds,
+        "step_path": "arena" | "batch" | None}."""
         with progress.busy():
             decode = resolve_decode_mode(self.cfg.decode, self.model, self.device, len(self.devices))
             seqs = self.mode_state("serve", lambda w: Sequences(w.model, w.group, w.eos, w.cfg.prefill_layers,
                                                                 decode))
             for i in close:
                 seqs.remove(i)
-            opened = []
+            opened, paths = [], []
             for r in new:
                 mode = get_mode(r.mode or self.cfg.attn_type)
                 before = mode.counters(self)
@@ -267,11 +268,13 @@ class Worker:
                     summed = self.group.all_gather(torch.tensor(list(counts.values()), device=self.device))
                     counts = dict(zip(counts, summed.sum(0).tolist()))
                 opened.append((tok, flag, t1 - t0, time.perf_counter() - t1, counts))
+                paths.append("arena" if arena is not None else "batch")
             t0 = time.perf_counter()
             rows = seqs.step(step) if step else []
             sync_device(self.device)
             st = self._states.get("block")
-            return {"new": opened, "step": [tuple(x) for x in rows], "step_s": time.perf_counter() - t0,
+            return {"new": opened, "new_path": paths, "step": [tuple(x) for x in rows],
+                    "step_s": time.perf_counter() - t0, "step_path": seqs.last_path if step else None,
                     "cache_bytes": st.store.summary()["bytes"] if st is not None else {},
                     "gone": st.store.take_gone() if st is not None else []}
 

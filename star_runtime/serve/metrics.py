@@ -24,6 +24,12 @@ class Metrics:
                              registry=r)
         self.step_sequences = Counter("star_runtime_decode_step_sequences", "sequences served by decode steps "
                                       "(over star_runtime_decode_steps: the mean batch)", registry=r)
+        self.step_seconds = Histogram("star_runtime_decode_step_seconds", "one decode step on the workers, by "
+                                      "path: arena (a request alone, its arena's fixed-shape step) or batch",
+                                      ["path"], buckets=LATENCY_BUCKETS, registry=r)
+        self.prefill_seconds = Histogram("star_runtime_prefill_seconds", "a newcomer on the workers: phase 1 "
+                                         "(context) and query (its prefill), by path (arena or batch)",
+                                         ["phase", "path"], buckets=LATENCY_BUCKETS, registry=r)
         self.cache_hits = Counter("star_runtime_block_cache_hits", "block-cache hits", registry=r)
         self.cache_misses = Counter("star_runtime_block_cache_misses", "block-cache misses", registry=r)
         self.cache_hit_tokens = Counter("star_runtime_block_cache_hit_tokens", "tokens served from the block cache",

@@ -205,7 +205,11 @@ class Scheduler:
             if step:
                 self.metrics.steps.inc()
                 self.metrics.step_sequences.inc(len(step))
-            for job, (tok, flag, _p1, _ft, counts) in zip(new, res["new"]):
+                self.metrics.step_seconds.labels(res.get("step_path") or "batch").observe(res.get("step_s", 0.0))
+            for job, (tok, flag, p1, ft, counts), path in zip(new, res["new"], res.get("new_path") or
+                                                              ["batch"] * len(new)):
+                self.metrics.prefill_seconds.labels("phase1", path).observe(p1)
+                self.metrics.prefill_seconds.labels("query", path).observe(ft)
                 job.cache = counts
                 self.running[job.sid] = job
                 self.metrics.prompt.inc(job.prompt_tokens)
