@@ -362,10 +362,11 @@ def context_bucket(need: int) -> int:
     return bucket(need, 2048) if need <= 8192 else bucket(need, 8192)
 
 
-def arena_path(world_size: int, samples: int, decode: str) -> bool:
-    """One sample on one worker with fixed-shape steps: its query prefill and decode run over an Arena (the
-    same choice phase 1 makes when it writes its KV into one)."""
-    return world_size == 1 and samples == 1 and decode in ("static", "graph")
+def arena_path(world_size: int, samples: int, decode: str, model) -> bool:
+    """One sample on one worker with fixed-shape steps and a RoPE whose frequencies do not follow the length
+    (the arena's padded query would pick other ones): its query prefill and decode run over an Arena (the same
+    choice phase 1 makes when it writes its KV into one)."""
+    return world_size == 1 and samples == 1 and decode in ("static", "graph") and graph_capturable(model)
 
 
 class Arena:
@@ -611,7 +612,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
                 running[b] = False
 
     arena = None
-    if arenas is not None and arena_path(group.world_size, n, decode) and not prefill_logits:
+    if arenas is not None and arena_path(group.world_size, n, decode, model) and not prefill_logits:
         arena = arenas.for_request(model, len(shards[0]), queries[0].numel(), max_new[0], dev)
     for b in range(n):  # query prefill, one sample at a time
         t0 = time.perf_counter()
@@ -624,7 +625,8 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
             decide([b], arena.prefills[tb](q, starts[b]))
         else:
             p = torch.arange(starts[b], starts[b] + q.numel(), device=dev).unsqueeze(0)
-            decide([b], forward([b], q.unsqueeze(0), p, keep_all=prefill_logits))
+            with rope_frame(model, starts[b] + q.numel()):  # the prompt's frequencies, as phase 1 had them
+                decide([b], forward([b], q.unsqueeze(0), p, keep_all=prefill_logits))
         sync_device(dev)
         gens[b].first_token_s = time.perf_counter() - t0
 
@@ -748,7 +750,8 @@ class Sequences:
         cache = QueryCache(num_layers(self.model), query.numel() + max_new) if self.group.is_host else None
         self.seqs[sid] = Sequence(shard, cache, start + query.numel(), max_new, sampler, stop)
         pos = torch.arange(start, start + query.numel(), device=query.device).unsqueeze(0)
-        return self._decide([sid], self._forward([sid], query.unsqueeze(0), pos))[0]
+        with rope_frame(self.model, start + query.numel()):  # the prompt's frequencies, as phase 1 had them
+            return self._decide([sid], self._forward([sid], query.unsqueeze(0), pos))[0]
 
     @torch.inference_mode()
     def adopt(self, sid: int, arena: "Arena", logits: torch.Tensor, max_new: int, sampler=None,

@@ -197,3 +197,22 @@ def test_served_sequence_alone_decodes_over_its_arena_and_joins_a_batch_exactly(
             assert not seqs.arenas and not any(x.busy for x in eng.launcher.worker.arenas.by_capacity.values())
             out[decode] = toks
     assert out["static"] == out["eager"]
+
+
+@pytest.mark.parametrize("model", ["random:tiny-phi3", "random:tiny-dynamic"])
+def test_length_dependent_rope_takes_the_prompts_frequencies_on_every_path(model):
+    """LongRoPE and dynamic NTK pick their frequencies from the length: a padded query bucket (17 tokens in a
+    bucket of 32) must not move them (fixed-shape decode gives the eager tokens), and a request after a longer
+    one gets the frequencies of its own prompt (the same answer as on a fresh engine)."""
+    ctx, q = random_ids(100, 1), random_ids(17, 2)
+    out = {}
+    for decode in ("eager", "static"):
+        with make_engine(model, attn_type="dense", decode=decode) as eng:
+            out[decode] = run_ids(eng, ctx, q, 5)
+    assert out["static"].tokens == out["eager"].tokens
+    assert_same_steps(out["static"].logits, out["eager"].logits, 1e-4)
+    with make_engine(model, attn_type="dense", decode="eager") as eng:
+        run_ids(eng, random_ids(300, 5), q, 2)
+        after = run_ids(eng, ctx, q, 5)
+    assert after.tokens == out["eager"].tokens
+    assert_same_steps(after.logits, out["eager"].logits, 1e-4)

@@ -65,7 +65,7 @@ def _kernels():
         mt = tl.program_id(0)
         s = tl.program_id(1)
         ah = tl.program_id(2)
-        a = ah // HKV
+        a = (ah // HKV).to(tl.int64)  # 64-bit offsets: a batch of long rows passes 2^31 elements
         h = ah % HKV
         rows = mt * BLOCK_M + tl.arange(0, BLOCK_M)  # folded row r = token t * G + head-in-group g
         t = rows // G
@@ -86,7 +86,7 @@ def _kernels():
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, D), tl.float32)
         for start in range(lo, end, BLOCK_N):
-            n = start + tl.arange(0, BLOCK_N)
+            n = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
             kmask = n < end
             k = tl.load(K + a * sk_a + n[:, None] * sk_c + h * sk_h + d[None, :], mask=kmask[:, None], other=0.0)
             qk = tl.dot(q, tl.trans(k)) * scale_log2  # (M, N), log2 units

@@ -17,7 +17,7 @@ from .. import progress
 from ..attention.rope import frame_crossing, rope_frame
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..decode import (Arenas, PrefillStep, Sequences, arena_path, generate, graph_capturable, query_bucket,
+from ..decode import (Arenas, PrefillStep, Sequences, arena_path, generate, query_bucket,
                       resolve_decode_mode, sync_device)
 from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype
 from ..modes import get_mode
@@ -162,7 +162,8 @@ class Worker:
         g = self.group
         cfg = opts.layout(self.cfg)
         decode = resolve_decode_mode(opts.decode or cfg.decode, self.model, self.device, len(self.devices))
-        self._arena_call = arena_path(g.world_size, len(reqs), decode) and not any(r.prefill_logits for r in reqs)
+        self._arena_call = (arena_path(g.world_size, len(reqs), decode, self.model)
+                            and not any(r.prefill_logits for r in reqs))
         shards, phase1, counts = [], [], []
         for req in reqs:
             prompt = len(req.context_ids) + len(req.query_ids)
@@ -235,8 +236,7 @@ class Worker:
                 # alone (nothing running), on one worker, with fixed-shape steps: its query prefill is one
                 # replay of an Arena's CUDA graph, its phase 1 written into the arena's rows directly
                 arena = None
-                if (arena_path(self.group.world_size, 1, decode) and not seqs.seqs and len(new) == 1
-                        and graph_capturable(self.model)):
+                if arena_path(self.group.world_size, 1, decode, self.model) and not seqs.seqs and len(new) == 1:
                     arena = self.arenas.for_request(self.model, len(r.context_ids), len(r.query_ids),
                                                     r.max_new_tokens, self.device)
                     arena = None if arena.busy else arena
