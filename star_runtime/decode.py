@@ -408,11 +408,23 @@ class Arena:
 
 
 class Arenas:
-    """A worker's arenas by capacity bucket, the most recently used kept (each holds its graphs)."""
+    """A worker's arenas by capacity bucket, each with its CUDA graphs, kept across requests while they fit: on
+    a GPU at most ``keep`` of them and a new one only while ``reserve`` of the card stays free after it (the
+    least recently used go first), elsewhere the ``cpu_keep`` most recent. Requests of mixed lengths thus keep
+    replaying their buckets' graphs instead of rebuilding them every time another bucket came between."""
 
-    def __init__(self, keep: int = 2):
-        self.keep = keep
+    def __init__(self, keep: int = 8, reserve: float = 0.2, cpu_keep: int = 2):
+        self.keep, self.reserve, self.cpu_keep = keep, reserve, cpu_keep
         self.by_capacity: dict[int, Arena] = {}
+
+    def _room(self, need: int, device) -> bool:
+        """Whether ``need`` more bytes leave ``reserve`` of the device free (bytes the allocator holds unused
+        count as free)."""
+        if device.type != "cuda":
+            return len(self.by_capacity) < self.cpu_keep
+        free, total = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return free - need >= self.reserve * total
 
     def for_request(self, model, context: int, query: int, max_new: int, device) -> Arena:
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -420,8 +432,13 @@ class Arenas:
         cap = context_bucket(context + query_bucket(query) + max_new + 1)
         arena = self.by_capacity.pop(cap, None)
         if arena is None:
-            while len(self.by_capacity) >= self.keep:
-                self.by_capacity.pop(next(iter(self.by_capacity)))
+            need = 2 * cfg.num_hidden_layers * cap * cfg.num_key_value_heads * hd * model.dtype.itemsize
+            device = torch.device(device)
+            while self.by_capacity and (len(self.by_capacity) >= self.keep or not self._room(need, device)):
+                lru = next((c for c, x in self.by_capacity.items() if not x.busy), None)
+                if lru is None:
+                    break
+                self.by_capacity.pop(lru)
             arena = Arena(cfg.num_hidden_layers, cap, cfg.num_key_value_heads, hd, model.dtype, device)
         self.by_capacity[cap] = arena  # most recent last
         return arena

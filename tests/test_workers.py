@@ -216,3 +216,18 @@ def test_length_dependent_rope_takes_the_prompts_frequencies_on_every_path(model
         after = run_ids(eng, ctx, q, 5)
     assert after.tokens == out["eager"].tokens
     assert_same_steps(after.logits, out["eager"].logits, 1e-4)
+
+
+def test_arenas_keep_the_most_recent_buckets_and_never_evict_a_busy_one():
+    from star_runtime.decode import Arenas
+
+    with make_engine("random:tiny", attn_type="dense") as eng:
+        model, dev = eng.launcher.worker.model, torch.device("cpu")
+        arenas = Arenas(cpu_keep=2)
+        a = arenas.for_request(model, 1000, 5, 8, dev)
+        b = arenas.for_request(model, 3000, 5, 8, dev)
+        assert arenas.for_request(model, 1000, 5, 8, dev) is a  # a bucket seen before: the same arena
+        a.busy = True
+        c = arenas.for_request(model, 7000, 5, 8, dev)  # a third bucket: the least recent idle one (b) goes
+        assert set(arenas.by_capacity.values()) == {a, c} and b not in arenas.by_capacity.values()
+        assert a.capacity < c.capacity
