@@ -59,7 +59,8 @@ class RunConfig:
     num_blocks: int = knob(0, "star: cut each context into N blocks, block = ceil(length / N) (instead of "
                               "--block_size)", "layout", ("-nb",))
     passing_tokens: int = knob(-1, "apb: tokens of each block that later blocks also see, chosen by the query "
-                                   "(-1: block / 8; 0 = star; >= block = dense)", "layout")
+                                   "(-1: block / 8; 0 = star; >= block = dense); the context's KV then depends "
+                                   "on the query and is never reused across queries", "layout")
     max_batch_tokens: int = knob(0, "star: at most this many tokens per phase-1 batch of blocks (0: all of a "
                                     "worker's blocks)", "layout")
     block_delimiter: str = knob("\n\n", "block mode: passages of input_context are cut at this text "
