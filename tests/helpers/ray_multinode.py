@@ -37,7 +37,7 @@ def main(out_dir: str) -> None:
     with Engine(cfg) as eng:
         result["worker_nodes"] = [p["node_id"] for p in eng.launcher.placement]
         multi = [eng.run(Request(i, c, q, 10)).tokens for i, (c, q) in enumerate(cases)]
-    with Engine(cfg.replace(num_workers=1)) as one:
+    with Engine(cfg.replace(num_workers=1, ray_address=None)) as one:  # the reference: one in-process worker
         single = [one.run(Request(i, c, q, 10)).tokens for i, (c, q) in enumerate(cases)]
     result["star_equal"] = multi == single and all(len(t) == 10 for t in multi)
 
@@ -46,7 +46,7 @@ def main(out_dir: str) -> None:
     with open(inp, "w") as f:
         for i in range(5):
             f.write(json.dumps({"index": i, "input_context": f"Passage {i}. " * 60, "input_query": " Why?"}) + "\n")
-    cfg = cfg.replace(tokens_to_generate=400)
+    cfg = cfg.replace(tokens_to_generate=200)
     eng = Engine(cfg)
     victim = eng.launcher.actors[0]
 
