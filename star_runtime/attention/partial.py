@@ -195,12 +195,9 @@ def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: boo
     # many rows: the split-KV kernel (16 x 4K: 78 us vs 86); one row: flash reads as fast (H200,
     # bench/micro_attention.py), and STAR_RUNTIME_ATTN_KERNEL=split forces the split kernel
     if _use_split(q) and (a >= SPLIT_DECODE_ROWS or _KERNEL == "split"):
-        try:
-            out, lse = split_kv_attention(q, k_rows, v_rows, used - 1, scale, fp32_out=not native_out)
-        except Exception as e:  # noqa: BLE001 -- a Triton build or launch problem: the flash path computes the same
-            _split_failed(e)
-        else:
-            return out, lse
+        res = _split(q, k_rows, v_rows, used - 1, scale, native_out)
+        if res is not None:
+            return res
     if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and _VARLEN_OK["ok"]
             and _KERNEL in (None, "flash", "cudnn", "split") and d <= 256 and d % 8 == 0):
         key = (a, c, q.device)
@@ -236,10 +233,16 @@ def _use_split(q) -> bool:
             and _KERNEL in (None, "split") and split_kv_available(q))
 
 
-def _split_failed(e: Exception) -> None:
-    _SPLIT_OK["ok"] = False
-    print(f"[star-runtime] split-KV attention unavailable ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
-          "using the varlen flash kernel", file=sys.stderr)
+def _split(q, k_rows, v_rows, base, scale, native_out):
+    """split_kv_attention, or None (with one notice, and off from then on) when Triton cannot build or launch
+    it here: the varlen flash path then computes the same."""
+    try:
+        return split_kv_attention(q, k_rows, v_rows, base, scale, fp32_out=not native_out)
+    except Exception as e:  # noqa: BLE001 -- a Triton build or launch problem
+        _SPLIT_OK["ok"] = False
+        print(f"[star-runtime] split-KV attention unavailable ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
+              "using the varlen flash kernel", file=sys.stderr)
+        return None
 
 
 def prefill_partial(q, k_rows, v_rows, used, cu_q, slots, scale: float, native_out: bool = False):
@@ -253,12 +256,9 @@ def prefill_partial(q, k_rows, v_rows, used, cu_q, slots, scale: float, native_o
     """
     tb, d = q.shape[2], q.shape[3]
     if _use_split(q):
-        try:
-            out, lse = split_kv_attention(q, k_rows, v_rows, used - cu_q[1], scale, fp32_out=not native_out)
-        except Exception as e:  # noqa: BLE001 -- a Triton build or launch problem: the flash path computes the same
-            _split_failed(e)
-        else:
-            return out, lse
+        res = _split(q, k_rows, v_rows, used - cu_q[1], scale, native_out)
+        if res is not None:
+            return res
     if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and _VARLEN_OK["ok"]
             and _KERNEL in (None, "flash", "cudnn", "split") and d <= 256 and d % 8 == 0):
         try:

@@ -27,8 +27,7 @@ from ..attention.partial import partial_attention
 from ..kv.shard import ContextShard
 from ..models.loader import num_layers
 from .base import run_decoder
-from .dense import CausalPrefill
-from .star import SharedAnchor, StarMode, StarPlan, anchor_shape, config_plan, merge_two_like
+from .star import StarMode, StarPlan, anchor_shape, config_plan, merge_two_like, start_anchor
 
 POOL = 7  # SnapKV's window: a token's score is the mean over its neighbours, so spans pass, not lone tokens
 
@@ -80,7 +79,7 @@ class PassingBlocks:
     def _exchange(self, picked):
         """Every worker's passing KV, by global block index: {i: (k, v) each (Hkv, P_i, D)}."""
         if self.group.world_size == 1:
-            return {i: kv for i, kv in picked.items()}
+            return picked
         hkv, d = self.shape
         buf = torch.zeros((self.per_rank, 2, hkv, self.count, d), dtype=self.dtype, device=self.device)
         lens = torch.zeros(self.per_rank, dtype=torch.long, device=self.device)
@@ -149,21 +148,9 @@ def encode_apb(model, ctx: torch.Tensor, query: torch.Tensor, plan: StarPlan, co
     """
     layers = num_layers(model)
     shard = ContextShard(layers)
-    mine = list(plan.blocks[group.rank])
     s, a, length = plan.block_size, plan.anchor, plan.length
     dev = ctx.device
-    anchor = None
-    if plan.num_blocks > 1:
-        anchor = SharedAnchor(group, layers, anchor_shape(model, a))
-        if group.rank == 0:
-            with attention_state(CausalPrefill(anchor)):
-                run_decoder(model, ctx[:a].unsqueeze(0), torch.arange(a, device=dev).unsqueeze(0), prefill_layers)
-            if a == s:
-                for layer in range(layers):
-                    shard.append(layer, *anchor.get(layer))
-                mine = mine[1:]
-        else:
-            anchor.receive(model.dtype, group.device)
+    anchor, mine = start_anchor(model, ctx, plan, group, shard, prefill_layers)
     blocks_of_rank = [list(b) for b in plan.blocks]
     if plan.num_blocks > 1 and a == s:
         blocks_of_rank[0] = blocks_of_rank[0][1:]  # block 0 is the anchor: it passes nothing
@@ -186,7 +173,7 @@ def encode_apb(model, ctx: torch.Tensor, query: torch.Tensor, plan: StarPlan, co
         if segments:
             run_decoder(model, torch.cat(ids).unsqueeze(0), torch.cat(pos).unsqueeze(0), prefill_layers)
         else:  # no blocks here: take part in every layer's exchange with nothing to pass
-            hkv, d = anchor_shape(model, 1)[2], anchor_shape(model, 1)[4]
+            _, _, hkv, _, d = anchor_shape(model, 1)
             state.shape, state.dtype, state.device = (hkv, d), model.dtype, dev
             for _ in range(layers):
                 state._exchange({})

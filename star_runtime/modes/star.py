@@ -170,6 +170,29 @@ class StarBlocks:
         return out.to(q.dtype)
 
 
+def start_anchor(model, ctx: torch.Tensor, plan: StarPlan, group, shard: ContextShard,
+                 prefill_layers: str = "auto") -> tuple[SharedAnchor | None, list[int]]:
+    """The anchor of a context of several blocks, on every rank: rank 0 encodes tokens [0, A) once and starts
+    broadcasting each layer; the others post their receives. With A == S block 0 is the anchor: rank 0 puts
+    its KV in ``shard`` and does not encode it again. Returns the anchor (None for one block: nothing sees it)
+    and this rank's blocks still to encode."""
+    mine = list(plan.blocks[group.rank])
+    if plan.num_blocks <= 1:
+        return None, mine
+    layers, a = num_layers(model), plan.anchor
+    anchor = SharedAnchor(group, layers, anchor_shape(model, a))
+    if group.rank == 0:
+        with attention_state(CausalPrefill(anchor)):
+            run_decoder(model, ctx[:a].unsqueeze(0), torch.arange(a, device=ctx.device).unsqueeze(0), prefill_layers)
+        if a == plan.block_size:  # block 0 is the anchor: its KV exists already
+            for layer in range(layers):
+                shard.append(layer, *anchor.get(layer))
+            mine = mine[1:]
+    else:
+        anchor.receive(model.dtype, group.device)
+    return anchor, mine
+
+
 @torch.inference_mode()
 def encode_star(model, ctx: torch.Tensor, plan: StarPlan, group, max_batch_tokens: int = 0,
                 prefill_layers: str = "auto") -> ContextShard:
@@ -183,21 +206,9 @@ def encode_star(model, ctx: torch.Tensor, plan: StarPlan, group, max_batch_token
     """
     layers = num_layers(model)
     shard = ContextShard(layers)
-    mine = list(plan.blocks[group.rank])
-    s, a, length = plan.block_size, plan.anchor, plan.length
+    s, length = plan.block_size, plan.length
     dev = ctx.device
-    anchor = None
-    if plan.num_blocks > 1:  # some block sees the anchor
-        anchor = SharedAnchor(group, layers, anchor_shape(model, a))
-        if group.rank == 0:
-            with attention_state(CausalPrefill(anchor)):
-                run_decoder(model, ctx[:a].unsqueeze(0), torch.arange(a, device=dev).unsqueeze(0), prefill_layers)
-            if a == s:  # block 0 is the anchor: its KV exists already
-                for layer in range(layers):
-                    shard.append(layer, *anchor.get(layer))
-                mine = mine[1:]
-        else:
-            anchor.receive(model.dtype, group.device)
+    anchor, mine = start_anchor(model, ctx, plan, group, shard, prefill_layers)
     # full blocks go in as batches of equal length; a shorter last block of the context goes in on its own,
     # as long as its tokens (no padding)
     full = [b for b in mine if (b + 1) * s <= length]
