@@ -25,7 +25,8 @@ from .attention.hooks import attention_state
 from .attention.rope import frame_groups, rope_frame
 from .fused import compiled_layers
 from .attention.merge import merge_partials, merge_two, pack, unpack
-from .attention.partial import decode_partial, empty_partial, masked_partial, partial_attention, prefill_partial
+from .attention.partial import (decode_partial, empty_partial, masked_partial, partial_attention, prefill_partial,
+                                rows_partial)
 from .kv.shard import ContextShard
 from .models.loader import num_layers
 from .progress import tick
@@ -186,8 +187,13 @@ class GlobalAttention:
         outs, lses = [], []
         for a, shard in enumerate(self.shards):
             qa = q[a:a + 1]
-            sk, sv = shard.get(layer)
-            o, l = empty_partial(qa) if sk is None or sk.shape[2] == 0 else partial_attention(qa, sk, sv, scale)
+            if shard.rows is not None and len(shard):  # token-major: read in place, not copied head-major
+                n = len(shard)
+                o, l = rows_partial(qa, shard.rows[layer, 0, :n].unsqueeze(0), shard.rows[layer, 1, :n].unsqueeze(0),
+                                    shard.length_t(), scale)
+            else:
+                sk, sv = shard.get(layer)
+                o, l = empty_partial(qa) if sk is None or sk.shape[2] == 0 else partial_attention(qa, sk, sv, scale)
             if self.caches is not None:
                 own = _own_static if self.static else _own
                 o, l = merge_two(o, l, *own(self.caches[a], layer, qa, k[a:a + 1], v[a:a + 1], scale))

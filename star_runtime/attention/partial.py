@@ -192,9 +192,9 @@ def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: boo
     """
     a, hq, _, d = q.shape
     c, hkv = k_rows.shape[1], k_rows.shape[2]
-    # many rows: the split-KV kernel (16 x 4K: 78 us vs 86); one row: flash reads as fast (H200,
-    # bench/micro_attention.py), and STAR_RUNTIME_ATTN_KERNEL=split forces the split kernel
-    if _use_split(q) and (a >= SPLIT_DECODE_ROWS or _KERNEL == "split"):
+    # the split-KV kernel for every batch (16 x 4K: 78 us vs 86 for varlen flash; 1 x 32K with 32-key tiles:
+    # 41 us vs 49.5; H200, bench/micro_attention.py); STAR_RUNTIME_ATTN_KERNEL=flash forces flash
+    if _use_split(q):
         res = _split(q, k_rows, v_rows, used - 1, scale, native_out)
         if res is not None:
             return res
@@ -223,7 +223,6 @@ def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: boo
 
 _VARLEN_OK = {"ok": True}
 _SPLIT_OK = {"ok": True}
-SPLIT_DECODE_ROWS = 8
 
 
 def _use_split(q) -> bool:
@@ -243,6 +242,25 @@ def _split(q, k_rows, v_rows, base, scale, native_out):
         print(f"[star-runtime] split-KV attention unavailable ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
               "using the varlen flash kernel", file=sys.stderr)
         return None
+
+
+ROWS_SPLIT_TOKENS = 64  # query tokens up to which rows_partial reads token-major rows in place
+
+
+def rows_partial(q, k_rows, v_rows, n_t, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """q over every one of the n first slots of token-major rows, no mask (a decode step or a short query
+    over a context shard that lives in rows, kv/shard.py).
+
+    q: (1, Hq, T, D); k_rows, v_rows: (1, n, Hkv, D) (views of the rows, unit stride on D); n_t: (1,) int32 =
+    [n] on the device. Returns out (1, Hq, T, D) fp32 and lse (1, Hq, T). CUDA half precision and T <= 64:
+    the split-KV kernel reads the rows where they lie; elsewhere the rows are read head-major by
+    partial_attention (a copy of the rows per call on GPUs).
+    """
+    if q.shape[2] <= ROWS_SPLIT_TOKENS and k_rows.shape[1] and _use_split(q):
+        res = _split(q, k_rows, v_rows, n_t, scale, False)  # base n: every query row sees all n slots
+        if res is not None:
+            return res
+    return partial_attention(q, k_rows.transpose(1, 2), v_rows.transpose(1, 2), scale)
 
 
 def prefill_partial(q, k_rows, v_rows, used, cu_q, slots, scale: float, native_out: bool = False):

@@ -19,6 +19,7 @@ class ContextShard:
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self._parts: list[list] = [[] for _ in range(num_layers)]
         self.rows: torch.Tensor | None = None  # (layers, 2, C, H_kv, D) when the KV lives in a token-major buffer
+        self._length_t, self._length_n = None, -1
 
     @classmethod
     def in_rows(cls, rows: torch.Tensor, length: int) -> "ContextShard":
@@ -30,6 +31,13 @@ class ContextShard:
             shard.keys[layer] = rows[layer, 0, :length].transpose(0, 1).unsqueeze(0)
             shard.values[layer] = rows[layer, 1, :length].transpose(0, 1).unsqueeze(0)
         return shard
+
+    def length_t(self) -> torch.Tensor:
+        """(1,) int32 on the rows' device: the shard's length, made once (decode steps read it every layer)."""
+        n = len(self)
+        if self._length_n != n:
+            self._length_t, self._length_n = torch.tensor([n], dtype=torch.int32, device=self.rows.device), n
+        return self._length_t
 
     def set(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: (1, H_kv, T, D)."""

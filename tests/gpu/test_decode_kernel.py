@@ -118,3 +118,22 @@ def test_split_kv_kernel_against_fp64(hq, hkv, d, tb, ctx):
         out, lse = split_kv_attention(q, k, v, base, d ** -0.5, splits=splits, fp32_out=True)
         assert (out[0].double() - ref).abs().max().item() < 2e-2, splits
         assert (lse[0].double() - ref_lse).abs().max().item() < 2e-2, splits
+
+
+@pytest.mark.parametrize("t", [1, 50, 65])
+def test_rows_partial_reads_a_token_major_shard_in_place_as_fp64(t, kernel):
+    """A context shard in token-major rows (kv/shard.py in_rows) read by the eager decode / batch query path:
+    the split kernel in place for short queries, head-major flash beyond 64 tokens or when flash is forced."""
+    from star_runtime.attention.partial import rows_partial, reference_attention
+
+    g = torch.Generator(device="cuda").manual_seed(t)
+    n, cap = 5000, 6144
+    buf = torch.randn(2, cap, 8, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    q = torch.randn(1, 32, t, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    kr, vr = buf[0, :n].unsqueeze(0), buf[1, :n].unsqueeze(0)
+    out, lse = rows_partial(q, kr, vr, torch.tensor([n], dtype=torch.int32, device="cuda"), 128 ** -0.5)
+    ref = reference_attention(q, kr.transpose(1, 2), vr.transpose(1, 2), 128 ** -0.5)
+    s = torch.einsum("bhqd,bhkd->bhqk", q.double(), kr.transpose(1, 2).double().repeat_interleave(4, 1))
+    assert out.shape == (1, 32, t, 128) and lse.shape == (1, 32, t)
+    assert (out.double() - ref).abs().max().item() < 2e-2
+    assert (lse.double() - torch.logsumexp(s * 128 ** -0.5, -1)).abs().max().item() < 2e-2
