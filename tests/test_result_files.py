@@ -155,7 +155,7 @@ def test_second_writer_is_refused_in_one_line(tmp_path, capsys):
 
 def test_two_concurrent_runs_never_interleave(tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_jsonl(inp, rows(24))
+    write_jsonl(inp, rows(16))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(cmd(inp, out, tokens=300), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -166,7 +166,7 @@ def test_two_concurrent_runs_never_interleave(tmp_path):
     assert second.returncode == 2 and "is writing" in second.stderr.strip().splitlines()[-1], second.stderr[-500:]
     assert first.wait(timeout=300) == 0
     got = read_rows(out)
-    assert [r["index"] for r in got] == list(range(24))
+    assert [r["index"] for r in got] == list(range(16))
 
 
 def _limit_file_size(limit):
