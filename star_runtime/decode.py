@@ -187,7 +187,7 @@ class GlobalAttention:
         outs, lses = [], []
         for a, shard in enumerate(self.shards):
             qa = q[a:a + 1]
-            if shard.rows is not None and len(shard):  # token-major: read in place, not copied head-major
+            if shard.rows is not None and len(shard):  # token-major rows: the split kernel reads them in place
                 n = len(shard)
                 o, l = rows_partial(qa, shard.rows[layer, 0, :n].unsqueeze(0), shard.rows[layer, 1, :n].unsqueeze(0),
                                     shard.length_t(), scale)

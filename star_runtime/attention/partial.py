@@ -253,8 +253,8 @@ def rows_partial(q, k_rows, v_rows, n_t, scale: float) -> tuple[torch.Tensor, to
 
     q: (1, Hq, T, D); k_rows, v_rows: (1, n, Hkv, D) (views of the rows, unit stride on D); n_t: (1,) int32 =
     [n] on the device. Returns out (1, Hq, T, D) fp32 and lse (1, Hq, T). CUDA half precision and T <= 64:
-    the split-KV kernel reads the rows where they lie; elsewhere the rows are read head-major by
-    partial_attention (a copy of the rows per call on GPUs).
+    the split-KV kernel reads the rows where they lie; elsewhere partial_attention reads them as head-major
+    views (the same math).
     """
     if q.shape[2] <= ROWS_SPLIT_TOKENS and k_rows.shape[1] and _use_split(q):
         res = _split(q, k_rows, v_rows, n_t, scale, False)  # base n: every query row sees all n slots
