@@ -31,14 +31,15 @@ from star_runtime.models.loader import resolve_model  # noqa: E402
 from star_runtime.parallel.worker import Request, Worker  # noqa: E402
 
 
-def block_request(passages, final, order, model_id):
+def block_request(passages, final, order, model_id, index=0, max_new=1):
+    """A block-mode request of passages[i] for i in order (each a cached block on worker 0) + the final ids."""
     specs, off = [], 0
     for i in order:
         ids = passages[i]
         specs.append(BlockSpec(block_key(model_id, ids), tuple(ids), off, 0))
         off += len(ids)
     ctx = [t for s in specs for t in s.ids]
-    return Request(0, ctx, final, 1, mode="block", blocks=specs)
+    return Request(index, ctx, final, max_new, mode="block", blocks=specs)
 
 
 def run(worker, req):

@@ -15,11 +15,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_block_ttft import block_request  # noqa: E402
 from star_runtime.config import RunConfig  # noqa: E402
-from star_runtime.kv.block_store import block_key  # noqa: E402
 from star_runtime.models.loader import resolve_model  # noqa: E402
-from star_runtime.modes.block import BlockSpec  # noqa: E402
 from star_runtime.parallel.worker import Request, Worker  # noqa: E402
 
 
@@ -39,13 +39,9 @@ def main():
     g = torch.Generator().manual_seed(0)
 
     def request(i: int, n: int) -> Request:
-        specs, off = [], 0
-        for _ in range(n):
-            ids = torch.randint(100, 30000, (a.passage,), generator=g).tolist()
-            specs.append(BlockSpec(block_key("profile", ids), tuple(ids), off, 0))
-            off += len(ids)
+        passages = [torch.randint(100, 30000, (a.passage,), generator=g).tolist() for _ in range(n)]
         query = torch.randint(100, 30000, (50,), generator=g).tolist()
-        return Request(i, [t for s in specs for t in s.ids], query, 64, mode="block", blocks=specs)
+        return block_request(passages, query, range(n), "profile", index=i, max_new=64)
 
     ids = list(range(len(a.passages)))
     worker.serve_step([], [request(0, a.passages[0])], [])  # alone: over an arena

@@ -187,8 +187,8 @@ class GlobalAttention:
         outs, lses = [], []
         for a, shard in enumerate(self.shards):
             qa = q[a:a + 1]
-            if shard.rows is not None and len(shard):  # token-major rows: the split kernel reads them in place
-                n = len(shard)
+            n = len(shard) if shard.rows is not None else 0
+            if n:  # token-major rows: the split kernel reads them in place
                 o, l = rows_partial(qa, shard.rows[layer, 0, :n].unsqueeze(0), shard.rows[layer, 1, :n].unsqueeze(0),
                                     shard.length_t(), scale)
             else:

@@ -205,9 +205,8 @@ class Scheduler:
             if step:
                 self.metrics.steps.inc()
                 self.metrics.step_sequences.inc(len(step))
-                self.metrics.step_seconds.labels(res.get("step_path") or "batch").observe(res.get("step_s", 0.0))
-            for job, (tok, flag, p1, ft, counts), path in zip(new, res["new"], res.get("new_path") or
-                                                              ["batch"] * len(new)):
+                self.metrics.step_seconds.labels(res["step_path"]).observe(res["step_s"])
+            for job, (tok, flag, p1, ft, counts), path in zip(new, res["new"], res["new_path"]):
                 self.metrics.prefill_seconds.labels("phase1", path).observe(p1)
                 self.metrics.prefill_seconds.labels("query", path).observe(ft)
                 job.cache = counts
