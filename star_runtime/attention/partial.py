@@ -193,7 +193,7 @@ def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: boo
     a, hq, _, d = q.shape
     c, hkv = k_rows.shape[1], k_rows.shape[2]
     # the split-KV kernel for every batch (16 x 4K: 78 us vs 86 for varlen flash; 1 x 32K with 32-key tiles:
-    # 41 us vs 49.5; H200, bench/micro_attention.py); STAR_RUNTIME_ATTN_KERNEL=flash forces flash
+    # 46 us vs 48.8, 128K: 138 vs 146; H200, bench/micro_attention.py); STAR_RUNTIME_ATTN_KERNEL=flash forces flash
     if _use_split(q):
         res = _split(q, k_rows, v_rows, used - 1, scale, native_out)
         if res is not None:

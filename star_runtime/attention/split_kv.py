@@ -46,7 +46,7 @@ def splits_for(programs: int, keys: int, sms: int) -> int:
 
 def tiles(rows: int, d: int) -> tuple[int, int]:
     """(BLOCK_M folded query rows, BLOCK_N keys) of the split kernel. Decode-sized rows (<= 16) take 32-key
-    tiles: over 32K keys, one row, H200, 41 us a layer against 50 with 64-key tiles and 49.5 for varlen flash;
+    tiles: over 32K keys, one row, H200, 41-46 us a layer against 50 with 64-key tiles and 48.8 for varlen flash;
     the 50-token query (256 rows) keeps 64 x 64 tiles (125 us; 128-row tiles or 8 warps 131-237 us)."""
     if rows <= 16:
         return 16, 32 if d > 64 else 64
