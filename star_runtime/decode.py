@@ -25,12 +25,13 @@ from .attention.hooks import attention_state
 from .attention.rope import frame_groups, rope_frame
 from .fused import compiled_layers
 from .attention.merge import merge_partials, merge_two, pack, unpack
-from .attention.partial import (decode_partial, empty_partial, masked_partial, partial_attention, prefill_partial,
-                                rows_partial)
+from .attention.partial import (ROWS_SPLIT_TOKENS, decode_partial, empty_partial, masked_partial, partial_attention,
+                                prefill_partial, rows_partial)
 from .kv.shard import ContextShard
 from .models.loader import num_layers
 from .progress import tick
 from .sampling import GREEDY_BELOW
+from .table_step import TableStep
 
 EOS, STOP_WORD = 1, 2
 DYNAMIC_ROPE = ("dynamic", "longrope")
@@ -363,6 +364,19 @@ def query_bucket(t: int) -> int:
     return max(16, 1 << (t - 1).bit_length())
 
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """The decode batch sizes a server captures steps for: powers of two up to max_batch's bucket."""
+    return [b for b in BATCH_BUCKETS if b < max_batch] + [batch_bucket(max_batch)]
+
+
+def batch_bucket(n: int) -> int:
+    """Running batch sizes share decode steps in buckets 1, 2, 4, ... (rows past n are spare)."""
+    return 1 << (n - 1).bit_length()
+
+
 def context_bucket(need: int) -> int:
     """Arena capacities: multiples of 2048 tokens up to 8192, of 8192 beyond."""
     return bucket(need, 2048) if need <= 8192 else bucket(need, 8192)
@@ -414,39 +428,48 @@ class Arena:
 
 
 class Arenas:
-    """A worker's arenas by capacity bucket, each with its CUDA graphs, kept across requests while they fit: on
-    a GPU at most ``keep`` of them and a new one only while ``reserve`` of the card stays free after it (the
-    least recently used go first), elsewhere the ``cpu_keep`` most recent. Requests of mixed lengths thus keep
-    replaying their buckets' graphs instead of rebuilding them every time another bucket came between."""
+    """A worker's arenas, each with its CUDA graphs, kept across requests while they fit: on a GPU at most
+    ``keep`` of them and a new one only while ``reserve`` of the card stays free after it (the least recently
+    used idle ones go first), elsewhere the ``cpu_keep`` most recent. Requests of mixed lengths thus keep
+    replaying their buckets' graphs instead of rebuilding them every time another bucket came between; a
+    server's concurrent sequences each hold one (``busy``) until they leave."""
 
     def __init__(self, keep: int = 8, reserve: float = 0.2, cpu_keep: int = 2):
         self.keep, self.reserve, self.cpu_keep = keep, reserve, cpu_keep
-        self.by_capacity: dict[int, Arena] = {}
+        self.pool: list[Arena] = []  # least recently used first
 
     def _room(self, need: int, device) -> bool:
         """Whether ``need`` more bytes leave ``reserve`` of the device free (bytes the allocator holds unused
         count as free)."""
         if device.type != "cuda":
-            return len(self.by_capacity) < self.cpu_keep
+            return len(self.pool) < self.cpu_keep
         free, total = torch.cuda.mem_get_info(device)
         free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return free - need >= self.reserve * total
 
-    def for_request(self, model, context: int, query: int, max_new: int, device) -> Arena:
+    def for_request(self, model, context: int, query: int, max_new: int, device, must: bool = True
+                    ) -> "Arena | None":
+        """An idle arena of the request's capacity bucket (the most recent), else a new one after idle ones
+        went to make room. With ``must`` False: None when every arena is busy and no new one fits."""
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         cap = context_bucket(context + query_bucket(query) + max_new + 1)
-        arena = self.by_capacity.pop(cap, None)
-        if arena is None:
+        arena = next((x for x in reversed(self.pool) if x.capacity == cap and not x.busy), None)
+        if arena is not None:
+            self.pool.remove(arena)
+        else:
             need = 2 * cfg.num_hidden_layers * cap * cfg.num_key_value_heads * hd * model.dtype.itemsize
             device = torch.device(device)
-            while self.by_capacity and (len(self.by_capacity) >= self.keep or not self._room(need, device)):
-                lru = next((c for c, x in self.by_capacity.items() if not x.busy), None)
+            limit = self.keep if device.type == "cuda" else self.cpu_keep
+            while len(self.pool) >= limit or not self._room(need, device):
+                lru = next((x for x in self.pool if not x.busy), None)
                 if lru is None:
                     break
-                self.by_capacity.pop(lru)
+                self.pool.remove(lru)
+            if not must and (len(self.pool) >= limit or not self._room(need, device)):
+                return None
             arena = Arena(cfg.num_hidden_layers, cap, cfg.num_key_value_heads, hd, model.dtype, device)
-        self.by_capacity[cap] = arena  # most recent last
+        self.pool.append(arena)  # most recent last
         return arena
 
 
@@ -716,18 +739,41 @@ class Sequences:
     """The sequences one worker decodes for a server (SPMD: every worker holds the same sequence ids).
 
     ``add`` runs a newcomer's query prefill (its phase 1 is done: its shard) and returns its first token and
-    stop flag; ``step`` runs one eager decode step for the given sequences together (one forward, one
-    collective per layer) and returns each one's token and stop flag; ``remove`` frees one. A running batch
-    therefore changes at every step boundary without waiting for anyone. Stop flags: 0, EOS, STOP_WORD
-    (the caller also ends a sequence at its token cap).
+    stop flag; ``step`` runs one decode step for the given sequences together and returns each one's token and
+    stop flag; ``remove`` frees one. A running batch therefore changes at every step boundary without waiting
+    for anyone. Stop flags: 0, EOS, STOP_WORD (the caller also ends a sequence at its token cap).
+
+    Two ways to run a step. Sequences whose KV lives in Arenas (``prefill``/``adopt``; one worker, fixed-shape
+    steps) decode by a TableStep of their batch-size bucket -- one CUDA-graph replay for the whole batch, however
+    it changed since the last step (table_step.py). Otherwise (several workers, dynamic RoPE, no arena to be
+    had) one eager forward with one collective per layer (GlobalAttention); a sequence that once decoded so
+    keeps its later tokens in its QueryCache and stays on that path.
     """
 
     def __init__(self, model, group, eos: set[int], layers: str = "eager", decode: str = "eager"):
         self.model, self.group, self.eos, self.layers, self.decode = model, group, eos, layers, decode
         self.seqs: dict[int, Sequence] = {}
         self.arenas: dict[int, Arena] = {}  # sequences that live in an Arena's rows
-        self.on_step: int | None = None  # the one sequence decoding by its Arena's fixed-shape step
-        self.last_path = "batch"  # how the last step ran: "arena" (alone, the arena's step) or "batch"
+        self.steps: dict[tuple[int, int], TableStep] = {}  # (rows, tokens) -> its TableStep
+        self.last_path = "batch"  # how the last step ran: "table" (TableStep) or "batch" (eager)
+
+    def table_step(self, rows: int, tb: int) -> TableStep:
+        key = (rows, tb)
+        if key not in self.steps:
+            self.steps[key] = TableStep(self.model, rows, tb, self.layers, self.decode == "graph")
+        return self.steps[key]
+
+    def warm(self, max_batch: int) -> None:
+        """Capture every decode bucket up to max_batch rows and the query buckets up to ROWS_SPLIT_TOKENS before
+        serving, so no request waits for a capture (graph decode on a capturable model only)."""
+        if self.decode != "graph" or not graph_capturable(self.model) or self.group.world_size != 1:
+            return
+        for rows in batch_buckets(max_batch):
+            self.table_step(rows, 1).capture()
+        tb = 16
+        while tb <= ROWS_SPLIT_TOKENS:
+            self.table_step(1, tb).capture()
+            tb *= 2
 
     def _forward(self, ids: list[int], tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         host = self.group.is_host
@@ -776,70 +822,63 @@ class Sequences:
         with rope_frame(self.model, start + query.numel()):  # the prompt's frequencies, as phase 1 had them
             return self._decide([sid], self._forward([sid], query.unsqueeze(0), pos))[0]
 
+    def table_prefill(self, arena: "Arena", query: list[int], start: int) -> torch.Tensor | None:
+        """The query (T tokens, T <= ROWS_SPLIT_TOKENS) of a newcomer whose context is in ``arena`` at [0,
+        start), by the TableStep of its query bucket: its KV lands at [start, start + T). Returns the logits
+        (1, V) of its last token, or None where the table path does not apply (the caller prefills otherwise)."""
+        t = len(query)
+        if not (self._table_ok() and t <= ROWS_SPLIT_TOKENS):
+            return None
+        return self.table_step(1, query_bucket(t))([arena.rows], [query], [start], t - 1)
+
+    def _table_ok(self) -> bool:
+        return self.group.world_size == 1 and self.decode in ("static", "graph") and graph_capturable(self.model)
+
     @torch.inference_mode()
-    def adopt(self, sid: int, arena: "Arena", logits: torch.Tensor, max_new: int, sampler=None,
+    def adopt(self, sid: int, arena: "Arena", logits: torch.Tensor, length: int, max_new: int, sampler=None,
               stop=None) -> tuple[int, int]:
-        """A newcomer whose query was prefilled over an Arena (from its CUDA graph): its context and query KV
-        stay in the arena's rows, read in place as its shard until it leaves; later tokens go to its
+        """A newcomer whose query was prefilled over an Arena: its context and query KV are the arena's first
+        ``length`` rows; its later tokens go there too (TableStep) or, once it decodes eagerly, to its
         QueryCache. logits: (1, V) of its last query token."""
-        n = int(arena.len_t.item())
-        shard = ContextShard.in_rows(arena.rows, n)
+        shard = ContextShard.in_rows(arena.rows, length)
         cache = QueryCache(num_layers(self.model), max_new) if self.group.is_host else None
         arena.busy = True
-        self.seqs[sid] = Sequence(shard, cache, n, max_new, sampler, stop)
+        self.seqs[sid] = Sequence(shard, cache, length, max_new, sampler, stop)
         self.arenas[sid] = arena
         return self._decide([sid], logits)[0]
 
-    def _arena_step(self, sid: int) -> tuple[int, int]:
-        """One token of the sequence alone in the batch whose KV lives in an Arena: the arena's DecodeStep (a
-        CUDA-graph replay with decode=graph) writes it into the arena's rows after the context."""
-        s, arena = self.seqs[sid], self.arenas[sid]
-        if self.on_step != sid:
-            # a bucket's first served request steps uncaptured; its graph is captured at the next one, so a
-            # request never waits for a capture that only later requests of its bucket would use
-            if arena.step is None:
-                arena.step = DecodeStep(self.model, self.group, [s.shard], None, [s.last], [s.pos],
-                                        use_graph=False, layers=self.layers, kv=arena)
-            else:
-                arena.step.rearm([s.last], [s.pos])
-                if self.decode == "graph" and arena.step.graph is None:
-                    arena.step.capture()
-            self.on_step = sid
-        logits = arena.step(torch.tensor([s.last], dtype=torch.long, device=self.group.device))
-        return self._decide([sid], logits)[0]
-
-    def _leave_step(self) -> None:
-        """The arena-stepped sequence joins the eager batch: the tokens its steps wrote become part of its
-        shard (rows read in place), later ones go to its QueryCache; the attention is the same."""
-        sid, self.on_step = self.on_step, None
-        if sid in self.seqs:
-            arena = self.arenas[sid]
-            self.seqs[sid].shard = ContextShard.in_rows(arena.rows, int(arena.len_t.item()))
-
-    def _steppable(self, ids: list[int]) -> bool:
-        """Alone, in an arena, nothing in its QueryCache yet, and one RoPE frame to its last token."""
-        if len(ids) != 1 or ids[0] not in self.arenas or self.decode not in ("static", "graph"):
+    def _on_table(self, ids: list[int]) -> bool:
+        """Every one in an arena with room for its remaining tokens, none with tokens in its QueryCache, one
+        RoPE frame for all (the eager path splits the batch by frame)."""
+        if not self._table_ok() or not all(i in self.arenas for i in ids):
             return False
-        s = self.seqs[ids[0]]
-        if s.cache is not None and s.cache.length:
-            return False
-        last = s.pos + (s.max_new - s.steps) + 1
-        return (last <= self.arenas[ids[0]].capacity and graph_capturable(self.model)
-                and len(frame_groups(self.model.config, [s.pos + 1, last])) == 1)
+        for i in ids:
+            s = self.seqs[i]
+            if (s.cache is not None and s.cache.length) or s.pos + (s.max_new - s.steps) + 1 > self.arenas[i].capacity:
+                return False
+        last = [self.seqs[i].pos + (self.seqs[i].max_new - self.seqs[i].steps) + 1 for i in ids]
+        return len(frame_groups(self.model.config, [self.seqs[i].pos + 1 for i in ids] + last)) == 1
 
     @torch.inference_mode()
     def step(self, ids: list[int]) -> list[tuple[int, int]]:
-        """One token for each of ``ids``: one forward per group of sequences sharing RoPE frequencies (one
-        group but for LongRoPE models with sequences on both sides of the switch)."""
+        """One token for each of ``ids``: one TableStep replay, or one eager forward per group of sequences
+        sharing RoPE frequencies (one group but for LongRoPE models with sequences on both sides of the
+        switch)."""
         tick()
-        if self._steppable(ids):
-            row = self._arena_step(ids[0])
-            self.seqs[ids[0]].pos += 1
-            self.last_path = "arena"
-            return [row]
+        if self._on_table(ids):
+            seqs = [self.seqs[i] for i in ids]
+            step = self.table_step(batch_bucket(len(ids)), 1)
+            logits = step([self.arenas[i].rows for i in ids], [[s.last] for s in seqs], [s.pos for s in seqs], 0)
+            rows = self._decide(ids, logits[: len(ids)])
+            for s in seqs:
+                s.pos += 1
+            self.last_path = "table"
+            return rows
         self.last_path = "batch"
-        if self.on_step is not None:
-            self._leave_step()
+        for i in ids:  # tokens a TableStep wrote into an arena become part of its shard (read in place)
+            s = self.seqs[i]
+            if i in self.arenas and s.cache is not None and not s.cache.length and len(s.shard) != s.pos:
+                s.shard = ContextShard.in_rows(self.arenas[i].rows, s.pos)
         dev = self.group.device
         out = {}
         lengths = [self.seqs[i].pos + 1 for i in ids]
@@ -855,8 +894,6 @@ class Sequences:
         return [out[i] for i in ids]
 
     def remove(self, sid: int) -> None:
-        if self.on_step == sid:
-            self.on_step = None
         self.seqs.pop(sid, None)
         arena = self.arenas.pop(sid, None)
         if arena is not None:

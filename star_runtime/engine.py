@@ -109,13 +109,14 @@ class Engine:
                 self.notice(msg)
         return self.launcher.run_batch(reqs, options)
 
-    def serve_step(self, close: list[int], new: list[Request], step: list[int]) -> dict:
-        """One iteration of a server's continuous batching on every worker (parallel/worker.py serve_step)."""
+    def serve_step(self, close: list[int], new: list[Request], step: list[int], warm: int = 0) -> dict:
+        """One iteration of a server's continuous batching on every worker (parallel/worker.py serve_step);
+        warm: before serving, the steps of batches up to that many sequences are captured."""
         for req in new:
             msg = get_mode(req.mode or self.cfg.attn_type).notice(self.cfg, req, self.cfg.world_size)
             if msg:
                 self.notice(msg)
-        res = self.launcher.serve_step(close, new, step)
+        res = self.launcher.serve_step(close, new, step, warm)
         placement = self.mode_states.get("block")
         if placement is not None and res.get("gone"):
             placement.forget(res["gone"])  # evicted blocks are placed afresh, by load, next time

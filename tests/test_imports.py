@@ -16,7 +16,7 @@ LAYERS = [
     {"config"},
     {"fused", "prompts", "sampling", "attention", "kv", "models"},
     {"modes"},
-    {"decode"},
+    {"decode", "table_step"},
     {"parallel"},
     {"engine"},
     {"harness", "finetune", "infer", "needle", "cli", "serve", "__init__"},

@@ -422,10 +422,11 @@ def test_text_stream_pieces_add_up_to_the_decoded_text_cut_at_the_stop():
         assert all("\ufffd" not in p for p in pieces)
 
 
-def test_a_request_alone_prefills_over_the_arena_and_answers_as_the_eager_path():
-    """With fixed-shape steps, a newcomer into an empty batch is prefilled over an Arena (one CUDA-graph replay
-    on GPUs; here the same fixed shapes, uncaptured) and decodes over its rows in place; requests that join
-    it go the eager way. Both give the eager server's answers, alone and together."""
+def test_requests_prefill_and_decode_over_their_arenas_by_table_steps_as_the_eager_path():
+    """With fixed-shape steps every newcomer gets an Arena of its own: its query is prefilled there and it decodes
+    there by the table step of its batch size, alone or with the others (one CUDA-graph replay per step on
+    GPUs; here the same fixed shapes, uncaptured). Both give the eager server's answers, alone and together,
+    and together they share steps."""
     prompts = [f"Question {i} about the market in town {i}?" for i in range(4)]
     docs = [DOC, "Copper turns green when it weathers in rain. "]
     out = {}
@@ -436,14 +437,26 @@ def test_a_request_alone_prefills_over_the_arena_and_answers_as_the_eager_path()
                                                         messages=[{"role": "user", "content": p}]
                                                         ).choices[0].message.content
 
-            alone = [ask(p) for p in prompts]
-            if decode == "static":  # one at a time: every step by the arena's own step
+            def counts():
                 text = get(s.url + "/metrics")[1]
-                arena = re.search(r'star_runtime_decode_step_seconds_count\{path="arena"\} (\S+)', text)
-                assert arena and float(arena.group(1)) >= 4 * 11, text[-2000:]
-                assert 'star_runtime_prefill_seconds_count{path="arena",phase="query"} 4.0' in text
+                return {m.group(1): float(m.group(2)) for m in re.finditer(
+                    r'^(star_runtime_decode_step\S*_count\{path="\w+"\}|star_runtime_decode_steps_total|'
+                    r'star_runtime_decode_step_sequences_total|star_runtime_prefill_seconds_count\{[^}]*\}) (\S+)$',
+                    text, re.M)}
+
+            alone = [ask(p) for p in prompts]
+            c1 = counts()
             with cf.ThreadPoolExecutor(4) as pool:
                 together = list(pool.map(ask, prompts))
+            c2 = counts()
+            if decode == "static":
+                assert c1.get('star_runtime_decode_step_seconds_count{path="table"}', 0) >= 4 * 11, c1
+                assert c1.get('star_runtime_prefill_seconds_count{path="table",phase="query"}') == 4.0, c1
+                assert c2.get('star_runtime_prefill_seconds_count{path="table",phase="query"}') == 8.0, c2
+                assert 'star_runtime_decode_step_seconds_count{path="batch"}' not in c2, c2  # never eager
+                steps = c2["star_runtime_decode_steps_total"] - c1["star_runtime_decode_steps_total"]
+                seqs = c2["star_runtime_decode_step_sequences_total"] - c1["star_runtime_decode_step_sequences_total"]
+                assert seqs == 4 * 11 and steps < seqs, (steps, seqs)  # together: steps were shared
             out[decode] = (alone, together)
     assert out["static"][0] == out["eager"][0]
     assert out["static"][1] == out["eager"][0]

@@ -163,7 +163,7 @@ def test_one_request_at_a_time_over_kept_arenas_equals_eager():
                     reqs = [Request(i, c, q, 6 + i, keep_logits=True) for i, (c, q) in enumerate(cases)]
                 out[decode] = [eng.run(r) for r in reqs + reqs[:1]]  # the first again: its arena is reused
                 if decode == "static":
-                    assert eng.launcher.worker.arenas.by_capacity  # the runs went over arenas
+                    assert eng.launcher.worker.arenas.pool  # the runs went over arenas
         for e, s in zip(out["eager"], out["static"]):
             assert s.tokens == e.tokens
             assert_same_steps(s.logits, e.logits, 1e-4)
@@ -184,7 +184,7 @@ def test_served_sequence_alone_decodes_over_its_arena_and_joins_a_batch_exactly(
                 toks[0].append(eng.serve_step([], [], [0])["step"][0][0])
             seqs = eng.launcher.worker.mode_state("serve", None)
             if decode == "static":
-                assert seqs.on_step == 0 and seqs.arenas[0].step is not None  # alone: the arena's step
+                assert seqs.last_path == "table" and 0 in seqs.arenas  # in its arena, by the table step
             res = eng.serve_step([], [b], [0])
             toks[1].append(res["new"][0][0])
             toks[0].append(res["step"][0][0])
@@ -192,9 +192,10 @@ def test_served_sequence_alone_decodes_over_its_arena_and_joins_a_batch_exactly(
                 rows = eng.serve_step([], [], [0, 1])["step"]
                 toks[0].append(rows[0][0])
                 toks[1].append(rows[1][0])
-            assert seqs.on_step is None
+            if decode == "static":
+                assert seqs.last_path == "table" and set(seqs.arenas) == {0, 1}  # together, one table step
             eng.serve_step([0, 1], [], [])
-            assert not seqs.arenas and not any(x.busy for x in eng.launcher.worker.arenas.by_capacity.values())
+            assert not seqs.arenas and not any(x.busy for x in eng.launcher.worker.arenas.pool)
             out[decode] = toks
     assert out["static"] == out["eager"]
 
@@ -229,5 +230,9 @@ def test_arenas_keep_the_most_recent_buckets_and_never_evict_a_busy_one():
         assert arenas.for_request(model, 1000, 5, 8, dev) is a  # a bucket seen before: the same arena
         a.busy = True
         c = arenas.for_request(model, 7000, 5, 8, dev)  # a third bucket: the least recent idle one (b) goes
-        assert set(arenas.by_capacity.values()) == {a, c} and b not in arenas.by_capacity.values()
+        assert set(arenas.pool) == {a, c} and b not in arenas.pool
+        c.busy = True  # both busy: a server's newcomer gets none (it prefills eagerly), a run gets a third
+        assert arenas.for_request(model, 1000, 5, 8, dev, must=False) is None
+        d = arenas.for_request(model, 1000, 5, 8, dev)
+        assert d not in (a, c) and set(arenas.pool) == {a, c, d}
         assert a.capacity < c.capacity

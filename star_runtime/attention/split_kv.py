@@ -8,7 +8,7 @@ S splits that run side by side (S chosen so the grid fills the card), and a seco
 splits' partials by their log-sum-exp -- the exact merge of attention/merge.py, in fp32.
 
 Shapes: q (A, Hq, Tb, D); k_rows, v_rows (A, C, Hkv, D) token-major (any strides with a unit last one);
-base (A,) int32 on the device: query token t of row a sees slots < min(C, base[a] + t + 1) (decode:
+base (A,) int32 or int64 on the device: query token t of row a sees slots < min(C, base[a] + t + 1) (decode:
 base = used - 1; a query prefill of T real tokens after an L-token context: base = L). Returns out
 (A, Hq, Tb, D) in q's dtype (fp32 with ``fp32_out``) and lse (A, Hq, Tb) fp32 (natural log; -inf and out 0 for
 a row that sees no key). Lengths stay on the device, so the launches are CUDA-graph safe.
@@ -63,12 +63,12 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def split_kernel(Q, K, V, BASE, O, L,
+    def split_kernel(Q, K, V, BASE, O, L, TAB, layer, n_tab,
                      sq_a, sq_h, sq_t, sk_a, sk_c, sk_h, sv_a, sv_c, sv_h,
                      so_s, so_a, so_h, so_t, sl_s, sl_a, sl_h,
                      C, TB, scale_log2,
                      HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, S: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr):
         # the row tiles of one (split, KV head) are neighbours in launch order: they read the same keys
         # together, from L2 after the first
         mt = tl.program_id(0)
@@ -84,6 +84,12 @@ def _kernels():
         qh = h * G + g
         q = tl.load(Q + a * sq_a + qh[:, None] * sq_h + t[:, None] * sq_t + d[None, :], mask=row_ok[:, None],
                     other=0.0)
+        if PAGED:  # row a's keys and values: the buffers whose addresses the table holds for this layer
+            kp = tl.load(TAB + (layer * 2) * n_tab + a).to(tl.pointer_type(K.dtype.element_ty))
+            vp = tl.load(TAB + (layer * 2 + 1) * n_tab + a).to(tl.pointer_type(V.dtype.element_ty))
+        else:
+            kp = K + a * sk_a
+            vp = V + a * sv_a
         base = tl.load(BASE + a)
         lim = tl.minimum(base + t + 1, C)  # (M,) slots each row sees
         t_last = tl.minimum((mt * BLOCK_M + BLOCK_M - 1) // G, TB - 1)
@@ -97,7 +103,7 @@ def _kernels():
         for start in range(lo, end, BLOCK_N):
             n = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
             kmask = n < end
-            k = tl.load(K + a * sk_a + n[:, None] * sk_c + h * sk_h + d[None, :], mask=kmask[:, None], other=0.0)
+            k = tl.load(kp + n[:, None] * sk_c + h * sk_h + d[None, :], mask=kmask[:, None], other=0.0)
             qk = tl.dot(q, tl.trans(k)) * scale_log2  # (M, N), log2 units
             valid = (n[None, :] < lim[:, None]) & kmask[None, :]
             qk = tl.where(valid, qk, float("-inf"))
@@ -106,7 +112,7 @@ def _kernels():
             alpha = tl.exp2(m_i - m_safe)
             p = tl.exp2(qk - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(V + a * sv_a + n[:, None] * sv_c + h * sv_h + d[None, :], mask=kmask[:, None], other=0.0)
+            v = tl.load(vp + n[:, None] * sv_c + h * sv_h + d[None, :], mask=kmask[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
         seen = l_i > 0
@@ -148,12 +154,47 @@ def split_kv_attention(q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tens
                        scale: float, splits: int | None = None, fp32_out: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """See the module docstring. splits: force S (tests); default fills the card."""
+    if k_rows.stride(-1) != 1 or v_rows.stride(-1) != 1:
+        raise ValueError("split-KV attention needs a unit stride on the head dimension")
+    c, hkv = k_rows.shape[1], k_rows.shape[2]
+    strides = (k_rows.stride(0), k_rows.stride(1), k_rows.stride(2), v_rows.stride(0), v_rows.stride(1),
+               v_rows.stride(2))
+    return _attend(q, k_rows, v_rows, None, 0, c, hkv, strides, base, scale, splits, fp32_out)
+
+
+def table_attention(q: torch.Tensor, table: torch.Tensor, layer: int, base: torch.Tensor, hkv: int, scale: float,
+                    splits: int | None = None, fp32_out: bool = False, keys: int = 65536
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """split_kv_attention where each row's keys and values lie in a buffer of their own (attention/table.py):
+    row a of layer ``layer`` reads the token-major (C_a, Hkv, D) planes at the addresses table[layer, 0, a] /
+    table[layer, 1, a]. table: (layers, 2, A) int64 on the device, buffers in q's dtype; the caller keeps
+    base[a] + Tb <= C_a (no capacity is checked). keys: the longest rows expected, for the split count only
+    (a CUDA graph keeps the count it was captured with). The same math and results as split_kv_attention
+    over a copy of the rows into one batch; the addresses are read on the device, so a CUDA graph replays over
+    whichever buffers the table names at the time."""
+    d = q.shape[-1]
+    strides = (0, hkv * d, d, 0, hkv * d, d)
+    if splits is None:
+        splits = _splits(q, hkv, keys)
+    return _attend(q, q, q, table, layer, 1 << 30, hkv, strides, base, scale, splits, fp32_out)
+
+
+def _splits(q, hkv, keys):
+    a, hq, tb, d = q.shape
+    rows = tb * (hq // hkv)
+    n_mt = -(-rows // tiles(rows, d)[0])
+    dev = q.device
+    if dev not in _SMS:
+        _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 8
+    return splits_for(hkv * a * n_mt, keys, _SMS[dev])
+
+
+def _attend(q, k, v, table, layer, c, hkv, strides, base, scale, splits, fp32_out):
     ks = _kernels()
     a, hq, tb, d = q.shape
-    c, hkv = k_rows.shape[1], k_rows.shape[2]
     if hq % hkv:
         raise ValueError(f"{hq} query heads over {hkv} KV heads")
-    if k_rows.stride(-1) != 1 or v_rows.stride(-1) != 1 or q.stride(-1) != 1:
+    if q.stride(-1) != 1:
         raise ValueError("split-KV attention needs a unit stride on the head dimension")
     g = hq // hkv
     rows = tb * g
@@ -161,23 +202,22 @@ def split_kv_attention(q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tens
     n_mt = -(-rows // block_m)
     dev = q.device
     if splits is None:
-        if dev not in _SMS:
-            _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 8
-        splits = splits_for(hkv * a * n_mt, c, _SMS[dev])
+        splits = _splits(q, hkv, c)
     key = (splits, a, hq, tb, d, dev)
     if key not in _SCRATCH:
         _SCRATCH[key] = (torch.empty((splits, a, hq, tb, d), dtype=torch.float32, device=dev),
                          torch.empty((splits, a, hq, tb), dtype=torch.float32, device=dev))
     o_part, l_part = _SCRATCH[key]
-    base = base.to(torch.int32)
+    if base.dtype not in (torch.int32, torch.int64):
+        base = base.to(torch.int32)
+    paged = table is not None
     ks["split"][(n_mt, splits, a * hkv)](
-        q, k_rows, v_rows, base, o_part, l_part,
-        q.stride(0), q.stride(1), q.stride(2), k_rows.stride(0), k_rows.stride(1), k_rows.stride(2),
-        v_rows.stride(0), v_rows.stride(1), v_rows.stride(2),
+        q, k, v, base, o_part, l_part, table if paged else base, layer, a,
+        q.stride(0), q.stride(1), q.stride(2), *strides,
         o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
         l_part.stride(0), l_part.stride(1), l_part.stride(2),
         c, tb, scale * 1.4426950408889634,
-        HKV=hkv, G=g, D=d, S=splits, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=3)
+        HKV=hkv, G=g, D=d, S=splits, BLOCK_M=block_m, BLOCK_N=block_n, PAGED=paged, num_warps=4, num_stages=3)
     out = torch.empty((a, hq, tb, d), dtype=torch.float32 if fp32_out else q.dtype, device=dev)
     lse = torch.empty((a, hq, tb), dtype=torch.float32, device=dev)
     ks["merge"][(a * hq * tb,)](o_part, l_part, out, lse, o_part.stride(0), l_part.stride(0), splits, D=d,

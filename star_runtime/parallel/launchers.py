@@ -26,8 +26,8 @@ class _LocalWorker:
         """``obj`` as the query host has it, on every rank (one process: itself)."""
         return obj
 
-    def serve_step(self, close, new, step) -> dict:
-        return self.worker.serve_step(close, new, step)
+    def serve_step(self, close, new, step, warm: int = 0) -> dict:
+        return self.worker.serve_step(close, new, step, warm)
 
     def close(self) -> None:
         self.worker.close()
@@ -62,10 +62,10 @@ class TorchrunLauncher(_LocalWorker):
     def share_from_host(self, obj):
         return self.worker.group.broadcast_object(obj, self.worker.group.host)
 
-    def serve_step(self, close, new, step) -> dict:
+    def serve_step(self, close, new, step, warm: int = 0) -> dict:
         """The host rank (the server) sends each iteration to the other ranks, which follow (follow())."""
-        self.worker.group.broadcast_object(("step", close, new, step), self.worker.group.host)
-        return self.worker.serve_step(close, new, step)
+        self.worker.group.broadcast_object(("step", close, new, step, warm), self.worker.group.host)
+        return self.worker.serve_step(close, new, step, warm)
 
     def follow(self) -> None:
         """On ranks other than the host: run the server's iterations until it stops. The host decides when to

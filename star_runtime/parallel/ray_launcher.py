@@ -45,8 +45,8 @@ class WorkerActor:
     def run_batch(self, reqs: list[Request], options: Options | None = None) -> list[Reply]:
         return self.worker.run_batch(reqs, options)
 
-    def serve_step(self, close, new, step) -> dict:
-        return self.worker.serve_step(close, new, step)
+    def serve_step(self, close, new, step, warm: int = 0) -> dict:
+        return self.worker.serve_step(close, new, step, warm)
 
     def close(self) -> None:
         if self.worker is not None:
@@ -193,9 +193,9 @@ class RayLauncher:
     def share_from_host(self, obj):
         return obj  # the driver is the only process that reads and writes results
 
-    def serve_step(self, close, new, step) -> dict:
+    def serve_step(self, close, new, step, warm: int = 0) -> dict:
         what = "a server step" + (f" (requests {[r.index for r in new]})" if new else "")
-        replies = self._gather([a.serve_step.remote(close, new, step) for a in self.actors], what)
+        replies = self._gather([a.serve_step.remote(close, new, step, warm) for a in self.actors], what)
         out = replies[-1]
         out["gone"] = [k for r in replies for k in r.get("gone", [])]  # every worker's evicted blocks
         tiers = {t for r in replies for t in r.get("cache_bytes", {})}

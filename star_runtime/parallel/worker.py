@@ -144,6 +144,8 @@ class Worker:
         or None when this call does not run over an arena."""
         if not self._arena_call:
             return None
+        if self._arena_call is not True:  # the arena a server chose for this request
+            return self._arena_call.rows
         return self.arenas.for_request(self.model, len(req.context_ids), len(req.query_ids), req.max_new_tokens,
                                        self.device).rows
 
@@ -217,30 +219,35 @@ class Worker:
         return StopChecker(self.tokenizer, words)
 
     # -- serving: requests join and leave the running batch at step boundaries ----------------------------
-    def serve_step(self, close: list[int], new: list[Request], step: list[int]) -> dict:
+    def serve_step(self, close: list[int], new: list[Request], step: list[int], warm: int = 0) -> dict:
         """One scheduler iteration, on every worker alike: free the ``close`` sequences, run phase 1 and the
         query prefill of each ``new`` request (its index is its sequence id), then one decode step for the
-        ``step`` sequences. Returns {"new": [(token, flag, phase1_s, first_token_s, cache counts)],
-        "new_path": ["arena" | "batch" per newcomer], "step": [(token, flag)], "step_s": seconds,
-        "step_path": "arena" | "batch" | None}."""
+        ``step`` sequences. ``warm``: before serving, capture the steps of batches up to that many sequences.
+        Returns {"new": [(token, flag, phase1_s, first_token_s, cache counts)], "new_path": ["table" | "arena"
+        | "batch" per newcomer], "step": [(token, flag)], "step_s": seconds, "step_path": "table" | "batch" |
+        None}."""
         with progress.busy():
             decode = resolve_decode_mode(self.cfg.decode, self.model, self.device, len(self.devices))
             seqs = self.mode_state("serve", lambda w: Sequences(w.model, w.group, w.eos, w.cfg.prefill_layers,
                                                                 decode))
+            if warm:
+                # every running sequence holds an arena: keep room for a batch of them
+                self.arenas.keep = max(self.arenas.keep, 2 * warm)
+                self.arenas.cpu_keep = max(self.arenas.cpu_keep, 2 * warm)
+                seqs.warm(warm)
             for i in close:
                 seqs.remove(i)
             opened, paths = [], []
             for r in new:
                 mode = get_mode(r.mode or self.cfg.attn_type)
                 before = mode.counters(self)
-                # alone (nothing running), on one worker, with fixed-shape steps: its query prefill is one
-                # replay of an Arena's CUDA graph, its phase 1 written into the arena's rows directly
+                # on one worker with fixed-shape steps: phase 1 writes the KV into an arena of the request's
+                # own, its query is prefilled there (one graph replay) and it decodes there with the others
                 arena = None
-                if arena_path(self.group.world_size, 1, decode, self.model) and not seqs.seqs and len(new) == 1:
+                if arena_path(self.group.world_size, 1, decode, self.model):
                     arena = self.arenas.for_request(self.model, len(r.context_ids), len(r.query_ids),
-                                                    r.max_new_tokens, self.device)
-                    arena = None if arena.busy else arena
-                self._arena_call = arena is not None
+                                                    r.max_new_tokens, self.device, must=False)
+                self._arena_call = arena if arena is not None else False
                 t0 = time.perf_counter()
                 with rope_frame(self.model, len(r.context_ids) + len(r.query_ids)):
                     shard = mode.encode(self, r, self.cfg)
@@ -251,14 +258,20 @@ class Worker:
                 eos = self.eos | (set(r.extra_eos) if not self.cfg.ignore_eos else set())
                 seqs.eos = eos
                 sampler, stop = self._sampler(r, self.cfg), self._stop_checker(r, self.cfg)
+                path = "batch"
                 if arena is not None:
                     arena.load(shard)
-                    tb = query_bucket(q.numel())
-                    if tb not in arena.prefills:
-                        arena.prefills[tb] = PrefillStep(self.model, self.group, arena, tb, decode == "graph",
-                                                         self.cfg.prefill_layers)
-                    logits = arena.prefills[tb](q, len(r.context_ids))
-                    tok, flag = seqs.adopt(r.index, arena, logits, r.max_new_tokens, sampler, stop)
+                    n = len(r.context_ids)
+                    logits = seqs.table_prefill(arena, r.query_ids, n)
+                    path = "table"
+                    if logits is None:  # a query longer than the table step's: the arena's own prefill
+                        tb = query_bucket(q.numel())
+                        if tb not in arena.prefills:
+                            arena.prefills[tb] = PrefillStep(self.model, self.group, arena, tb, decode == "graph",
+                                                             self.cfg.prefill_layers)
+                        logits = arena.prefills[tb](q, n)
+                        path = "arena"
+                    tok, flag = seqs.adopt(r.index, arena, logits, n + q.numel(), r.max_new_tokens, sampler, stop)
                 else:
                     tok, flag = seqs.add(r.index, shard, q, len(r.context_ids), r.max_new_tokens, sampler, stop)
                 sync_device(self.device)
@@ -268,7 +281,7 @@ class Worker:
                     summed = self.group.all_gather(torch.tensor(list(counts.values()), device=self.device))
                     counts = dict(zip(counts, summed.sum(0).tolist()))
                 opened.append((tok, flag, t1 - t0, time.perf_counter() - t1, counts))
-                paths.append("arena" if arena is not None else "batch")
+                paths.append(path)
             t0 = time.perf_counter()
             rows = seqs.step(step) if step else []
             sync_device(self.device)

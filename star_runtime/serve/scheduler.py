@@ -120,7 +120,8 @@ class Scheduler:
         self.thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
 
     def start(self) -> None:
-        self.ready = True
+        """The scheduler thread first captures the decode and prefill steps it will replay (GPU), then the
+        server is ready (/health 200)."""
         self.thread.start()
 
     def new_sid(self) -> int:
@@ -176,6 +177,12 @@ class Scheduler:
 
     # -- the scheduler thread ------------------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self.engine.serve_step([], [], [], warm=self.max_batch)
+        except Exception as e:  # noqa: BLE001 -- a worker that cannot even warm up: /health and requests say so
+            self._die(e, [])
+            return
+        self.ready = True
         while True:
             with self.cond:
                 while not (self.waiting or self.running or self.to_close or self.stopping):

@@ -1,0 +1,120 @@
+"""A device table of token-major KV buffers -- the Arenas (decode.py) of the sequences a server runs together --
+so one fixed-shape step serves whichever sequences run: its kernels read each row's buffer address from the
+table (attention/split_kv.py table_attention) and write the new tokens' KV through it (``write``), and a
+sequence joining or leaving rewrites only the table. A CUDA graph captured over a table replays over whatever
+buffers the table names at the time.
+
+Buffers: rows (layers, 2, C_a, H_kv, D) contiguous, row a's own capacity C_a. Table: (layers, 2, A) int64 on the
+device, the address of rows[layer, s] of row a's buffer. A row without a sequence points at a small spare buffer
+(what it computes is never read). Positions: base (A,) on the device, the slot of each row's first new token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .partial import masked_partial
+from .split_kv import available as split_available
+from .split_kv import table_attention
+
+
+class KVTable:
+    """Rows named by addresses. ``kernel``: the Triton kernels read through the table (CUDA half precision);
+    elsewhere (the CPU) the same math runs row by row over the buffers themselves -- not capturable, as a
+    graph would keep the buffers it saw."""
+
+    def __init__(self, size: int, num_layers: int, hkv: int, d: int, dtype, device, spare_tokens: int = 128):
+        self.size, self.layers, self.hkv, self.d = size, num_layers, hkv, d
+        self.device = torch.device(device)
+        self.spare = torch.zeros((num_layers, 2, spare_tokens, hkv, d), dtype=dtype, device=self.device)
+        self.table = torch.zeros((num_layers, 2, size), dtype=torch.int64, device=self.device)
+        self.kernel = (self.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+                       and split_available(self.spare[0, 0]))
+        self.buffers: list[torch.Tensor | None] = []
+        self.named: tuple = ()
+        self.set([None] * size)
+
+    def set(self, buffers: list[torch.Tensor | None]) -> None:
+        """Row a reads and writes buffers[a] ((layers, 2, C_a, H_kv, D), contiguous) or, for None, the spare."""
+        if len(buffers) != self.size:
+            raise ValueError(f"{len(buffers)} buffers for a table of {self.size} rows")
+        named = tuple(id(b) for b in buffers)
+        if named == self.named:
+            return
+        host = torch.empty((self.layers, 2, self.size), dtype=torch.int64)
+        planes = torch.arange(self.layers * 2, dtype=torch.int64).view(self.layers, 2)
+        for a, rows in enumerate(buffers):
+            r = self.spare if rows is None else rows
+            if (not r.is_contiguous() or r.dtype != self.spare.dtype or r.device != self.device
+                    or r.shape[0] != self.layers or r.shape[3:] != (self.hkv, self.d)):
+                raise ValueError(f"row {a}: a buffer of shape {tuple(r.shape)} / {r.dtype} does not fit the table")
+            host[:, :, a] = r.data_ptr() + planes * (r.shape[2] * self.hkv * self.d * r.element_size())
+        self.table.copy_(host)
+        self.buffers, self.named = list(buffers), named
+
+    def _rows(self, a: int) -> torch.Tensor:
+        r = self.buffers[a]
+        return self.spare if r is None else r
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, base: torch.Tensor) -> None:
+        """k, v: (A, H_kv, T, D), the new tokens of each row, written at slots base[a] + t."""
+        t = k.shape[2]
+        if self.kernel:
+            kern = _write_kernel()
+            kern[(self.size * t, self.hkv)](k, v, self.table, base, layer, self.size,
+                                            k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
+                                            v.stride(2), t, HKV=self.hkv, D=self.d, num_warps=1)
+            return
+        steps = torch.arange(t, device=self.device)
+        for a in range(self.size):
+            r = self._rows(a)
+            slots = base[a] + steps
+            r[layer, 0].index_copy_(0, slots, k[a].transpose(0, 1).to(r.dtype))
+            r[layer, 1].index_copy_(0, slots, v[a].transpose(0, 1).to(r.dtype))
+
+    def attend(self, layer: int, q: torch.Tensor, base: torch.Tensor, scale: float) -> tuple[torch.Tensor,
+                                                                                              torch.Tensor]:
+        """q: (A, Hq, T, D); token t of row a sees slots < base[a] + t + 1 of its buffer. Returns out (A, Hq,
+        T, D) in q's dtype and lse (A, Hq, T) fp32."""
+        if self.kernel:
+            return table_attention(q, self.table, layer, base, self.hkv, scale)
+        outs, lses = [], []
+        t = q.shape[2]
+        for a in range(self.size):
+            r = self._rows(a)
+            c = r.shape[2]
+            lim = base[a].long() + torch.arange(t, device=q.device) + 1  # (T,)
+            valid = (torch.arange(c, device=q.device)[None] < lim[:, None])[None, None, None]  # (1,1,1,T,C)
+            o, l = masked_partial(q[a:a + 1], r[layer, 0].transpose(0, 1).unsqueeze(0),
+                                  r[layer, 1].transpose(0, 1).unsqueeze(0), scale, valid)
+            outs.append(o)
+            lses.append(l)
+        return torch.cat(outs).to(q.dtype), torch.cat(lses)
+
+
+_KERNEL: dict = {}
+
+
+def _write_kernel():
+    if "w" in _KERNEL:
+        return _KERNEL["w"]
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def table_write(KN, VN, TAB, BASE, layer, n_tab, sk_a, sk_h, sk_t, sv_a, sv_h, sv_t, T,
+                    HKV: tl.constexpr, D: tl.constexpr):
+        at = tl.program_id(0)  # row a, new token t
+        h = tl.program_id(1)
+        a = at // T
+        t = at % T
+        slot = tl.load(BASE + a).to(tl.int64) + t
+        d = tl.arange(0, D)
+        kp = tl.load(TAB + (layer * 2) * n_tab + a).to(tl.pointer_type(KN.dtype.element_ty))
+        vp = tl.load(TAB + (layer * 2 + 1) * n_tab + a).to(tl.pointer_type(VN.dtype.element_ty))
+        dst = slot * HKV * D + h * D + d
+        tl.store(kp + dst, tl.load(KN + a * sk_a + h * sk_h + t * sk_t + d))
+        tl.store(vp + dst, tl.load(VN + a * sv_a + h * sv_h + t * sv_t + d))
+
+    _KERNEL["w"] = table_write
+    return table_write

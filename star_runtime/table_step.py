@@ -1,0 +1,98 @@
+"""Serving's fixed-shape steps over a KVTable (attention/table.py): one forward of A rows x Tb tokens whose KV
+lives in the rows' own Arenas -- the decode step of up to A sequences (Tb = 1) and the query prefill of one
+newcomer (A = 1, Tb = its query bucket). Each step is captured once as a CUDA graph (over the table's spare
+rows, so capturing writes nothing anyone reads) and replayed for whichever sequences run: the table names
+their buffers, two small device buffers their tokens and positions. One worker only: a row's buffer holds all
+of its KV, so the attention needs no merge.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attention.hooks import attention_state
+from .attention.table import KVTable
+from .fused import compiled_layers
+from .models.loader import text_config
+
+
+class TableAttention:
+    """q: (A, Hq, Tb, D); k, v: (A, Hkv, Tb, D) of the step's tokens. Writes them at slots pos[a] + t of row a
+    and attends over its slots < pos[a] + t + 1 (its context, earlier tokens, itself). Returns (A, Hq, Tb, D)."""
+
+    def __init__(self, table: KVTable, base: torch.Tensor):
+        self.table, self.base = table, base
+
+    def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
+        self.table.write(layer, k, v, self.base)
+        out, _ = self.table.attend(layer, q, self.base, scale)
+        return out.to(q.dtype)
+
+
+class TableStep:
+    """tokens (A, Tb) at positions start[a] + t of the rows a KVTable names -> logits (A, V) of each row's token
+    ``keep`` (decode: its only one; a query prefill: its last real one)."""
+
+    def __init__(self, model, rows: int, tb: int, layers: str, use_graph: bool):
+        cfg = text_config(model.config)
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        dev = next(model.parameters()).device
+        self.model, self.rows, self.tb, self.layers = model, rows, tb, layers
+        self.table = KVTable(rows, cfg.num_hidden_layers, cfg.num_key_value_heads, hd, model.dtype, dev,
+                             spare_tokens=max(128, 2 * tb))
+        self.use_graph = use_graph and self.table.kernel  # the torch twin reads the buffers it saw: no graph
+        n = rows * tb
+        # tokens (A, Tb), positions (A, Tb), each row's first slot (A,) and the kept token: one copy per call
+        self.host = torch.zeros(2 * n + rows + 1, dtype=torch.long)
+        self.dev = torch.zeros(2 * n + rows + 1, dtype=torch.long, device=dev)
+        self.ids, self.pos = self.dev[:n].view(rows, tb), self.dev[n:2 * n].view(rows, tb)
+        self.keep = self.dev[2 * n + rows:]
+        self.state = TableAttention(self.table, self.dev[2 * n:2 * n + rows])
+        self.graph = None
+        self.calls = 0
+
+    def _forward(self) -> torch.Tensor:
+        with attention_state(self.state), compiled_layers(self.model, self.layers):
+            return self.model(input_ids=self.ids, position_ids=self.pos, use_cache=False,
+                              logits_to_keep=self.keep).logits[:, -1]
+
+    def capture(self) -> None:
+        """Record the step as a CUDA graph over the spare rows (positions 0)."""
+        if not self.use_graph or self.graph is not None:
+            return
+        saved = self.table.buffers
+        self.table.set([None] * self.rows)
+        self.dev.zero_()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: kernels chosen, compiled layers built
+            for _ in range(2):
+                self._forward()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self.logits = self._forward()
+        self.graph = graph
+        self.table.set(saved)
+
+    @torch.inference_mode()
+    def __call__(self, buffers: list, tokens: list[list[int]], starts: list[int], keep: int) -> torch.Tensor:
+        """buffers: per row an Arena's rows or None (a spare row); tokens[a]: up to Tb ids (padded here);
+        starts[a]: the position and slot of its first. Returns logits (A, V)."""
+        self.calls += 1
+        if self.use_graph and self.graph is None and self.calls >= 2:  # a bucket's first call runs as it is
+            self.capture()
+        self.table.set(list(buffers) + [None] * (self.rows - len(buffers)))
+        n, tb = self.rows * self.tb, self.tb
+        h = self.host
+        h.zero_()
+        for a, (ids, s) in enumerate(zip(tokens, starts)):
+            h[a * tb: a * tb + len(ids)] = torch.tensor(ids, dtype=torch.long)
+            h[n + a * tb: n + (a + 1) * tb] = torch.arange(s, s + tb)
+            h[2 * n + a] = s
+        h[-1] = keep
+        self.dev.copy_(h)
+        if self.graph is None:
+            return self._forward()
+        self.graph.replay()
+        return self.logits
