@@ -437,6 +437,7 @@ class Arenas:
     def __init__(self, keep: int = 8, reserve: float = 0.2, cpu_keep: int = 2):
         self.keep, self.reserve, self.cpu_keep = keep, reserve, cpu_keep
         self.pool: list[Arena] = []  # least recently used first
+        self.claimed = lambda: 0  # device bytes others may still take (a block store's unused budget)
 
     def _room(self, need: int, device) -> bool:
         """Whether ``need`` more bytes leave ``reserve`` of the device free (bytes the allocator holds unused
@@ -445,7 +446,7 @@ class Arenas:
             return len(self.pool) < self.cpu_keep
         free, total = torch.cuda.mem_get_info(device)
         free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return free - need >= self.reserve * total
+        return free - need - self.claimed() >= self.reserve * total
 
     def for_request(self, model, context: int, query: int, max_new: int, device, must: bool = True
                     ) -> "Arena | None":

@@ -234,6 +234,9 @@ class Worker:
                 # every running sequence holds an arena: keep room for a batch of them
                 self.arenas.keep = max(self.arenas.keep, 2 * warm)
                 self.arenas.cpu_keep = max(self.arenas.cpu_keep, 2 * warm)
+                if get_mode(self.cfg.attn_type).name == "block":  # the block store may still grow to its budget
+                    store = self.mode_state("block", get_mode("block").worker_state).store
+                    self.arenas.claimed = lambda: max(0, store.budget["device"] - store.used["device"])
                 seqs.warm(warm)
             for i in close:
                 seqs.remove(i)
