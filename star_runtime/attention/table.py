@@ -25,8 +25,8 @@ class KVTable:
 
     def __init__(self, size: int, num_layers: int, hkv: int, d: int, dtype, device, spare_tokens: int = 128):
         self.size, self.layers, self.hkv, self.d = size, num_layers, hkv, d
-        self.device = torch.device(device)
-        self.spare = torch.zeros((num_layers, 2, spare_tokens, hkv, d), dtype=dtype, device=self.device)
+        self.spare = torch.zeros((num_layers, 2, spare_tokens, hkv, d), dtype=dtype, device=device)
+        self.device = self.spare.device  # with its index (cuda:0), as the buffers' devices compare
         self.table = torch.zeros((num_layers, 2, size), dtype=torch.int64, device=self.device)
         self.kernel = (self.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
                        and split_available(self.spare[0, 0]))
