@@ -87,10 +87,12 @@ def snapshot(url: str) -> dict:
     with urllib.request.urlopen(url + "/metrics") as r:
         text = r.read().decode()
     out = {}
-    for name in ("star_runtime_decode_step_seconds", "star_runtime_prefill_seconds"):
-        for m in re.finditer(rf"^{name}_(count|sum)(\{{[^}}]*\}}) ([0-9.e+-]+)$", text, re.M):
-            c, s_ = out.get(name + m.group(2), (0.0, 0.0))
-            out[name + m.group(2)] = (float(m.group(3)), s_) if m.group(1) == "count" else (c, float(m.group(3)))
+    for name in ("star_runtime_decode_step_seconds", "star_runtime_prefill_seconds", "star_runtime_prepare_seconds",
+                 "star_runtime_time_to_first_token_seconds"):
+        for m in re.finditer(rf"^{name}_(count|sum)(\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M):
+            label = m.group(2) or ""
+            c, s_ = out.get(name + label, (0.0, 0.0))
+            out[name + label] = (float(m.group(3)), s_) if m.group(1) == "count" else (c, float(m.group(3)))
     return out
 
 

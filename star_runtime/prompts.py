@@ -62,5 +62,6 @@ def tokenize_blocks(tokenizer, blocks: list[str], query: str, chat_template: boo
         head, tail = chat_template_parts(tokenizer)
         blocks = [head] + list(blocks) if head else list(blocks)
         query = query + tail
-    ids = [tokenizer.encode(t, add_special_tokens=False) for t in blocks]
+    # one batch call: a fast tokenizer encodes the blocks side by side (the same ids as one by one)
+    ids = [list(x) for x in tokenizer(blocks, add_special_tokens=False)["input_ids"]] if blocks else []
     return ids, tokenizer.encode(query, add_special_tokens=False)

@@ -140,6 +140,7 @@ def create_app(state: ServerState) -> FastAPI:
 
 def make_job(state: ServerState, p, loop) -> Job:
     """Tokenize and check the request (the engine's prepare, one at a time), as a Job for the scheduler."""
+    t0 = time.perf_counter()
     eng = state.engine
     sid = state.scheduler.new_sid()
     where = f"request {sid}"
@@ -175,7 +176,9 @@ def make_job(state: ServerState, p, loop) -> Job:
         raise APIError(400, msg, param="messages" if p.kind == "chat" else "prompt", code=code) from None
     req = dataclasses.replace(req, temperature=p.temperature, top_p=p.top_p, stop_words=p.stop or None,
                               seed=p.seed if p.seed is not None else req.seed)
-    return Job(req, p, loop, TextStream(eng.tokenizer, p.stop or list(cfg.stop_words)))
+    job = Job(req, p, loop, TextStream(eng.tokenizer, p.stop or list(cfg.stop_words)))
+    state.metrics.prepare.observe(time.perf_counter() - t0)
+    return job
 
 
 async def stream(state: ServerState, job: Job, rid: str, route: str):

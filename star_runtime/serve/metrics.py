@@ -14,8 +14,10 @@ class Metrics:
                                 registry=r)
         self.queue_depth = Gauge("star_runtime_queue_depth", "requests waiting for admission", registry=r)
         self.running = Gauge("star_runtime_running_batch_size", "sequences in the running decode batch", registry=r)
-        self.ttft = Histogram("star_runtime_time_to_first_token_seconds", "submission to first token",
-                              buckets=LATENCY_BUCKETS, registry=r)
+        self.prepare = Histogram("star_runtime_prepare_seconds", "a request's tokenizing, checks and block "
+                                 "placement, before it is queued", buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("star_runtime_time_to_first_token_seconds", "submission (after preparing) to first "
+                              "token", buckets=LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("star_runtime_inter_token_latency_seconds", "between a request's tokens",
                              buckets=LATENCY_BUCKETS, registry=r)
         self.generated = Counter("star_runtime_generated_tokens", "tokens generated", registry=r)
@@ -25,10 +27,10 @@ class Metrics:
         self.step_sequences = Counter("star_runtime_decode_step_sequences", "sequences served by decode steps "
                                       "(over star_runtime_decode_steps: the mean batch)", registry=r)
         self.step_seconds = Histogram("star_runtime_decode_step_seconds", "one decode step on the workers, by "
-                                      "path: arena (a request alone, its arena's fixed-shape step) or batch",
+                                      "path: table (the batch's sequences in their arenas, one fixed-shape step) or batch (eager)",
                                       ["path"], buckets=LATENCY_BUCKETS, registry=r)
         self.prefill_seconds = Histogram("star_runtime_prefill_seconds", "a newcomer on the workers: phase 1 "
-                                         "(context) and query (its prefill), by path (arena or batch)",
+                                         "(context) and query (its prefill), by path (table, arena: in its arena; batch: eager)",
                                          ["phase", "path"], buckets=LATENCY_BUCKETS, registry=r)
         self.cache_hits = Counter("star_runtime_block_cache_hits", "block-cache hits", registry=r)
         self.cache_misses = Counter("star_runtime_block_cache_misses", "block-cache misses", registry=r)
