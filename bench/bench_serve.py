@@ -3,6 +3,13 @@ them (drawn with reuse, as retrieval does) plus a question, --tokens out, Poisso
 value for --seconds; streamed, so TTFT and inter-token latency are measured at the client. The same load runs
 against a block-mode server and a dense one (started here, one after the other, same flags otherwise).
 
+Two views of the time to first token: at the client, the first chunk of visible text; at the server (the
+usage's ``timing``), from the request's arrival (its tokenizing included) to its first token being decided.
+They differ for random-weight models: such a model draws ids over its whole vocabulary (128K for the Llama-3
+shape), of which the bundled tokenizer knows 49K, and an id it does not know decodes to no text, so no chunk
+goes out for it -- the client's first text and its inter-token gaps then span several tokens. The server's
+decode step time (its /metrics) is the inter-token latency a real model's client sees.
+
   python bench/bench_serve.py --model random:llama3-8b --device cuda --rates 0.5 1 2 --out serve.jsonl
 """
 
@@ -78,6 +85,7 @@ def one(url: str, model: str, docs: list[str], question: str, tokens: int) -> di
     itl = [b - a for a, b in zip(times, times[1:])]
     return {"ttft": (first or time.perf_counter()) - t0, "itl": statistics.median(itl) if itl else None,
             "done": time.perf_counter() - t0, "tokens": use["completion_tokens"] if use else 0,
+            "server_ttft": (use.get("timing") or {}).get("ttft_s") if use else None,
             "prompt": use["prompt_tokens"] if use else 0, "cached": use["prompt_tokens_details"]["cached_tokens"]
             if use else 0}
 
@@ -129,11 +137,14 @@ def load(url: str, model: str, rate: float, seconds: float, pool: list[str], a, 
         for f in futs:
             f.result()
     ttft = sorted(r["ttft"] for r in results)
+    server = sorted(r["server_ttft"] for r in results if r["server_ttft"] is not None)
     itl = [r["itl"] for r in results if r["itl"] is not None]
     total_s = seconds + (time.perf_counter() - wall_start)
     prompt = sum(r["prompt"] for r in results)
     return {"rate": rate, "requests": len(results), "ttft_p50_s": ttft[len(ttft) // 2],
             "ttft_p99_s": ttft[min(len(ttft) - 1, int(len(ttft) * 0.99))],
+            "server_ttft_p50_s": server[len(server) // 2] if server else None,
+            "server_ttft_p99_s": server[min(len(server) - 1, int(len(server) * 0.99))] if server else None,
             "itl_p50_ms": 1000 * statistics.median(itl) if itl else None,
             "throughput_tokens_s": sum(r["tokens"] for r in results) / total_s,
             "hit_rate": sum(r["cached"] for r in results) / max(1, prompt),
@@ -178,11 +189,15 @@ def main():
         finally:
             proc.terminate()
             proc.wait(120)
-    print("\n| mode | rate (req/s) | requests | TTFT p50 (s) | TTFT p99 (s) | ITL p50 (ms) | tokens/s | hit rate |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| mode | rate (req/s) | requests | TTFT p50 / p99 at the client (s) | server TTFT p50 / p99 (s) | "
+          "ITL p50 at the client (ms) | server decode step (ms) | tokens/s | hit rate |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['rate']} | {r['requests']} | {r['ttft_p50_s']:.3f} | {r['ttft_p99_s']:.3f} | "
-              f"{r['itl_p50_ms'] or float('nan'):.1f} | {r['throughput_tokens_s']:.0f} | {r['hit_rate']:.2f} |")
+        step = next((v["mean_ms"] for k, v in r["server_paths"].items() if k.startswith("decode_step")), float("nan"))
+        print(f"| {r['mode']} | {r['rate']} | {r['requests']} | {r['ttft_p50_s']:.3f} / {r['ttft_p99_s']:.3f} | "
+              f"{r['server_ttft_p50_s'] or float('nan'):.3f} / {r['server_ttft_p99_s'] or float('nan'):.3f} | "
+              f"{r['itl_p50_ms'] or float('nan'):.1f} | {step:.1f} | {r['throughput_tokens_s']:.0f} | "
+              f"{r['hit_rate']:.2f} |")
     if a.out:
         with open(a.out, "a") as f:
             for r in rows:

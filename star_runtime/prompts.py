@@ -8,6 +8,11 @@ with the query.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
 from .config import ConfigError
 
 _MARK = "\u2063\u2063STAR_RUNTIME_QUERY\u2063\u2063"
@@ -54,14 +59,49 @@ def tokenize_prompt(tokenizer, context: str, query: str, chat_template: bool) ->
     return ctx, qry
 
 
-def tokenize_blocks(tokenizer, blocks: list[str], query: str, chat_template: bool
+class TokenCache:
+    """Token ids of block texts seen before (a server's passages recur across requests), least recently used
+    out past ``max_tokens`` ids in all. The same text gives the same ids, so a hit is exactly a fresh encode."""
+
+    def __init__(self, max_tokens: int = 20_000_000):
+        self.max_tokens = max_tokens
+        self.tokens = 0
+        self.lock = threading.Lock()
+        self.ids: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def encode(self, tokenizer, texts: list[str]) -> list[list[int]]:
+        with self.lock:
+            out = [self.ids.get(t) for t in texts]
+            for t, x in zip(texts, out):
+                if x is not None:
+                    self.ids.move_to_end(t)
+        missing = list(dict.fromkeys(t for t, x in zip(texts, out) if x is None))
+        if missing:
+            fresh = dict(zip(missing, _encode(tokenizer, missing)))
+            with self.lock:
+                for t, ids in fresh.items():
+                    if t not in self.ids:
+                        self.ids[t] = np.asarray(ids, dtype=np.int32)
+                        self.tokens += len(ids)
+                while self.tokens > self.max_tokens and self.ids:
+                    self.tokens -= len(self.ids.popitem(last=False)[1])
+            out = [x if x is not None else fresh[t] for t, x in zip(texts, out)]
+        return [x.tolist() if isinstance(x, np.ndarray) else list(x) for x in out]
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """One batch call: a fast tokenizer encodes the texts side by side (the same ids as one by one)."""
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def tokenize_blocks(tokenizer, blocks: list[str], query: str, chat_template: bool, cache: TokenCache | None = None
                     ) -> tuple[list[list[int]], list[int]]:
     """Block-mode tokenization, shared by inference and block fine-tuning so both see the same ids: every
-    block on its own; with a chat template its head is a block of its own and its tail follows the query."""
+    block on its own; with a chat template its head is a block of its own and its tail follows the query.
+    cache: block texts seen before are not encoded again."""
     if chat_template:
         head, tail = chat_template_parts(tokenizer)
         blocks = [head] + list(blocks) if head else list(blocks)
         query = query + tail
-    # one batch call: a fast tokenizer encodes the blocks side by side (the same ids as one by one)
-    ids = [list(x) for x in tokenizer(blocks, add_special_tokens=False)["input_ids"]] if blocks else []
+    ids = cache.encode(tokenizer, list(blocks)) if cache is not None else _encode(tokenizer, list(blocks))
     return ids, tokenizer.encode(query, add_special_tokens=False)

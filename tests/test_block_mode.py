@@ -166,3 +166,20 @@ def test_disk_tier_makes_the_next_run_start_warm(tmp_path):
         _, warm = run(second, PASSAGES[::-1])
         hits = second.launcher.worker.cache_summary()["hits"]
     assert warm.cache["hits"] == 4 and warm.cache["misses"] == 0 and hits["disk"] == 4
+
+
+def test_token_cache_gives_fresh_ids_and_stays_within_its_budget():
+    """Block texts seen before come from the cache with exactly the ids a fresh encode gives (in any order,
+    repeated in one call); past the token budget the least recently used texts go."""
+    from star_runtime.models.loader import load_tokenizer, resolve_model
+    from star_runtime.prompts import TokenCache
+
+    tok = load_tokenizer(resolve_model("random:tiny"))
+    texts = [f"Passage {i}: copper turns green in the rain, {i * 7} times. " for i in range(6)]
+    fresh = [tok.encode(t, add_special_tokens=False) for t in texts]
+    cache = TokenCache(max_tokens=3 * max(map(len, fresh)))
+    assert cache.encode(tok, texts[:3]) == fresh[:3]
+    assert cache.encode(tok, [texts[2], texts[0], texts[2]]) == [fresh[2], fresh[0], fresh[2]]  # hits
+    assert cache.encode(tok, texts[3:]) == fresh[3:]
+    assert cache.tokens <= cache.max_tokens and len(cache.ids) <= 3 and texts[1] not in cache.ids
+    assert cache.encode(tok, texts) == fresh

@@ -172,6 +172,7 @@ def test_cached_passages_in_another_order_hit_and_answer_as_a_cold_server():
     extra = second.usage.model_extra  # the extension fields of usage
     assert second.usage.prompt_tokens_details.cached_tokens > 0
     assert extra["block_cache"]["hits"] == 5 and extra["block_cache"]["misses"] == 0  # 4 passages + the head
+    assert 0 < extra["timing"]["prepare_s"] < extra["timing"]["ttft_s"] < 60  # the server's own seconds
     assert hits >= 5
     with Server("--attn_type", "block") as cold:
         fresh = cold.client.chat.completions.create(model=cold.model, messages=msg, max_tokens=8,

@@ -29,7 +29,7 @@ from ..kv.gather import gather_rotate
 from ..kv.shard import ContextShard
 from ..models.loader import num_layers, text_config
 from ..progress import tick
-from ..prompts import split_blocks, tokenize_blocks
+from ..prompts import TokenCache, split_blocks, tokenize_blocks
 from .base import Mode, Prompt
 
 
@@ -54,6 +54,7 @@ class BlockPlacement:
         self.model_config = model_config
         self.lock = threading.Lock()  # a server places in its request threads and forgets in its scheduler
         self.home: OrderedDict[str, int] = OrderedDict()  # block key -> worker that encoded it
+        self.tokens = TokenCache()  # block text -> ids: a passage seen before is not tokenized again
 
     def place(self, blocks: list[list[int]], world: int, tag: str = "") -> list[BlockSpec]:
         """tag: what of the prompt changes a block's KV besides its tokens (attention/rope.py frame_tag)."""
@@ -225,7 +226,7 @@ class BlockMode(Mode):
                 raise ConfigError(f"{where}: block {i} is empty; drop it or give it text")
         if not query.strip():
             raise ConfigError(f"{where}: input_query is empty; give the question or instruction")
-        ids, query_ids = tokenize_blocks(tokenizer, texts, query, cfg.chat_template)
+        ids, query_ids = tokenize_blocks(tokenizer, texts, query, cfg.chat_template, state.tokens)
         for i, b in enumerate(ids):
             if len(b) > state.window:
                 raise ConfigError(f"{where}: block {i} has {len(b)} tokens, beyond the model window of "

@@ -125,7 +125,7 @@ def create_app(state: ServerState) -> FastAPI:
             watcher.cancel()
         state.metrics.requests.labels(route, "200").inc()
         return response(p, rid, state.model_name, "".join(text), job.finish,
-                        usage(job.prompt_tokens, len(job.tokens), job.cache))
+                        usage(job.prompt_tokens, len(job.tokens), job.cache, job.timing()))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -177,7 +177,9 @@ def make_job(state: ServerState, p, loop) -> Job:
     req = dataclasses.replace(req, temperature=p.temperature, top_p=p.top_p, stop_words=p.stop or None,
                               seed=p.seed if p.seed is not None else req.seed)
     job = Job(req, p, loop, TextStream(eng.tokenizer, p.stop or list(cfg.stop_words)))
-    state.metrics.prepare.observe(time.perf_counter() - t0)
+    job.prepare_s = time.perf_counter() - t0
+    job.submitted = time.perf_counter()
+    state.metrics.prepare.observe(job.prepare_s)
     return job
 
 
@@ -208,7 +210,8 @@ async def stream(state: ServerState, job: Job, rid: str, route: str):
                 yield sse(payload.body())
                 break
         if p.include_usage and status == "200":
-            yield sse(chunk(p, rid, model, None, None, use=usage(job.prompt_tokens, len(job.tokens), job.cache)))
+            use = usage(job.prompt_tokens, len(job.tokens), job.cache, job.timing())
+            yield sse(chunk(p, rid, model, None, None, use=use))
         yield "data: [DONE]\n\n"
     except asyncio.CancelledError:
         status = "499"

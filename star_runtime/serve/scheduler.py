@@ -91,6 +91,15 @@ class Job:
         self.cache: dict | None = None
         self.submitted = time.perf_counter()
         self.last: float | None = None
+        self.prepare_s = 0.0  # tokenizing, checks, placement before submission (set by the HTTP side)
+        self.first: float | None = None  # when its first token was decided
+
+    def timing(self) -> dict:
+        """The server's seconds for this request: preparing it, and from its arrival to its first token."""
+        out = {"prepare_s": round(self.prepare_s, 6)}
+        if self.first is not None:
+            out["ttft_s"] = round(self.prepare_s + self.first - self.submitted, 6)
+        return out
 
     @property
     def prompt_tokens(self) -> int:
@@ -238,6 +247,7 @@ class Scheduler:
             job.tokens.append(tok)
             self.metrics.generated.inc()
         if job.last is None:
+            job.first = now
             self.metrics.ttft.observe(now - job.submitted)
         else:
             self.metrics.itl.observe(now - job.last)
