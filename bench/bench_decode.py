@@ -61,6 +61,7 @@ def runtime_step_ms(worker, shards, length, steps, decode, layers, g, profile=Fa
         with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
             generate(*args, decode="static", layers=layers)
         print(p.key_averages().table(sort_by="cuda_time_total", row_limit=20), flush=True)
+        print(p.key_averages().table(sort_by="self_cuda_time_total", row_limit=40), flush=True)
     gens = generate(*args, decode=decode, layers=layers)
     return 1000 * gens[0].decode_s / max(1, gens[0].steps - 1)
 
