@@ -23,6 +23,7 @@ import torch
 
 from .attention.hooks import attention_state
 from .attention.rope import frame_groups, rope_frame
+from .attention.table import write_slots
 from .fused import compiled_layers
 from .attention.merge import merge_partials, merge_two, pack, unpack
 from .attention.partial import (ROWS_SPLIT_TOKENS, decode_partial, empty_partial, masked_partial, partial_attention,
@@ -141,13 +142,14 @@ class StaticKV:
         return len(shards) * cap * per_token
 
     def begin_step(self) -> None:
-        """Once per step, before layer 0: the slots every layer attends to this step (int32, as kernels take)."""
+        """Once per step, before layer 0: the slots every layer attends to this step (int32, as kernels take),
+        and the last one (the split kernel's base)."""
         self.used = (self.len_t + 1 if self.has_own else self.len_t).to(torch.int32)
+        self.base = self.used - 1
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: (A, H_kv, 1, D), each sample's new token, written at its slot len_t."""
-        self.k[layer][self.row_ids, self.len_t] = k[:, :, 0]
-        self.v[layer][self.row_ids, self.len_t] = v[:, :, 0]
+        """k, v: (A, H_kv, 1, D), each sample's new token, written at its slot len_t (one kernel for both)."""
+        write_slots(k, v, self.k[layer], self.v[layer], self.len_t, self.row_ids)
 
 
 def _reference_tensor(shards: list[ContextShard], caches: list[QueryCache] | None) -> torch.Tensor | None:
@@ -222,7 +224,7 @@ class StaticAttention:
         if self.kv.has_own:
             self.kv.write(layer, k, v)
         out, lse = decode_partial(q, self.kv.k[layer], self.kv.v[layer], self.kv.used, self.kv.slots, scale,
-                                  native_out=self.group.world_size == 1)
+                                  native_out=self.group.world_size == 1, base=self.kv.base)
         if self.group.world_size == 1:
             return out.to(q.dtype)
         return merge_over_workers(self.group, out, lse).to(q.dtype)

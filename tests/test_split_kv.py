@@ -102,3 +102,35 @@ def test_table_kernels_read_and_write_each_rows_own_buffer_in_the_interpreter():
     r = subprocess.run([sys.executable, "-c", TABLE_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("ok") == 2, r.stdout
+
+
+SLOTS_SCRIPT = r"""
+import sys
+sys.path.insert(0, "tests/helpers")
+import triton_cpu  # noqa: F401
+import torch
+import star_runtime.attention.table as table
+
+torch.manual_seed(0)
+a, c, hkv, d = 3, 50, 2, 16
+for kernel in (True, False):
+    rows = torch.randn(2, a, c, hkv, d)
+    want = rows.clone()
+    k, v = torch.randn(a, hkv, 1, d), torch.randn(a, hkv, 1, d)
+    slots = torch.tensor([0, 17, 49])
+    want[0, torch.arange(a), slots] = k[:, :, 0]
+    want[1, torch.arange(a), slots] = v[:, :, 0]
+    if kernel:  # the Triton kernel, through the interpreter
+        table._slots_kernel()[(a, hkv)](k, v, rows[0], rows[1], slots, k.stride(0), k.stride(1), v.stride(0),
+                                        v.stride(1), *rows[0].stride()[:3], *rows[1].stride()[:3], D=d)
+    else:
+        table.write_slots(k, v, rows[0], rows[1], slots, torch.arange(a))
+    assert torch.equal(rows, want), kernel
+    print("ok", kernel)
+"""
+
+
+def test_decode_kv_write_kernel_puts_each_rows_token_at_its_slot_in_the_interpreter():
+    r = subprocess.run([sys.executable, "-c", SLOTS_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("ok") == 2, r.stdout

@@ -182,8 +182,9 @@ def masked_partial(q, k, v, scale: float, valid: torch.Tensor) -> tuple[torch.Te
 _CU = {}  # (rows, capacity, device) -> the varlen kernel's cumulative offsets, made once (CUDA-graph safe)
 
 
-def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: bool = False):
+def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: bool = False, base=None):
     """One new token per row over each row's first ``used[a]`` slots (static decode, lengths on the device).
+    base: ``used - 1`` when the caller made it once for every layer of a step (one kernel less per layer).
 
     q: (A, Hq, 1, D); k_rows, v_rows: (A, C, Hkv, D); used: (A,) int32 on the device; slots: (C,) = arange(C).
     Returns out (A, Hq, 1, D) (fp32; with ``native_out`` the kernel's dtype) and lse (A, Hq, 1) fp32. CUDA half
@@ -195,7 +196,7 @@ def decode_partial(q, k_rows, v_rows, used, slots, scale: float, native_out: boo
     # the split-KV kernel for every batch (16 x 4K: 78 us vs 86 for varlen flash; 1 x 32K with 32-key tiles:
     # 46 us vs 48.8, 128K: 138 vs 146; H200, bench/micro_attention.py); STAR_RUNTIME_ATTN_KERNEL=flash forces flash
     if _use_split(q):
-        res = _split(q, k_rows, v_rows, used - 1, scale, native_out)
+        res = _split(q, k_rows, v_rows, used - 1 if base is None else base, scale, native_out)
         if res is not None:
             return res
     if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and _VARLEN_OK["ok"]

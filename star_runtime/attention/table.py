@@ -92,7 +92,43 @@ class KVTable:
         return torch.cat(outs).to(q.dtype), torch.cat(lses)
 
 
+def write_slots(k: torch.Tensor, v: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor, slots: torch.Tensor,
+                rows: torch.Tensor) -> None:
+    """One new token per row into token-major rows (a decode step's KV write): k, v (A, H_kv, 1, D); k_rows,
+    v_rows (A, C, H_kv, D) (unit stride on D); slots (A,) on the device; rows = arange(A) on the device. Row
+    a's token goes to [a, slots[a]]. On CUDA one Triton launch writes keys and values; elsewhere index_put."""
+    if (k.device.type == "cuda" and k.dtype == k_rows.dtype and k.stride(-1) == 1 and k_rows.stride(-1) == 1
+            and v_rows.stride(-1) == 1 and split_available(k)):
+        a, hkv, _, d = k.shape
+        _slots_kernel()[(a, hkv)](k, v, k_rows, v_rows, slots, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                                  k_rows.stride(0), k_rows.stride(1), k_rows.stride(2), v_rows.stride(0),
+                                  v_rows.stride(1), v_rows.stride(2), D=d, num_warps=1)
+        return
+    k_rows[rows, slots] = k[:, :, 0]
+    v_rows[rows, slots] = v[:, :, 0]
+
+
 _KERNEL: dict = {}
+
+
+def _slots_kernel():
+    if "s" in _KERNEL:
+        return _KERNEL["s"]
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def write_slots_kernel(KN, VN, K, V, SLOTS, skn_a, skn_h, svn_a, svn_h, sk_a, sk_c, sk_h, sv_a, sv_c, sv_h,
+                           D: tl.constexpr):
+        a = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1)
+        slot = tl.load(SLOTS + a).to(tl.int64)
+        d = tl.arange(0, D)
+        tl.store(K + a * sk_a + slot * sk_c + h * sk_h + d, tl.load(KN + a * skn_a + h * skn_h + d))
+        tl.store(V + a * sv_a + slot * sv_c + h * sv_h + d, tl.load(VN + a * svn_a + h * svn_h + d))
+
+    _KERNEL["s"] = write_slots_kernel
+    return write_slots_kernel
 
 
 def _write_kernel():

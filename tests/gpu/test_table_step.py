@@ -79,3 +79,19 @@ def test_table_steps_replay_over_changing_arenas_as_uncaptured_steps():
         plain.table.kernel = True
         w = want[: len(batch)].float()
         assert (twin[: len(batch)].float() - w).abs().max().item() < 2e-2 * w.abs().max().item()
+
+
+def test_decode_kv_write_kernel_equals_index_put():
+    from star_runtime.attention.table import write_slots
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for dt in (torch.bfloat16, torch.float32):
+        rows = torch.randn(2, 4, 5000, 8, 128, device="cuda", generator=g).to(dt)
+        want = rows.clone()
+        k = torch.randn(4, 8, 1, 128, device="cuda", generator=g).to(dt)
+        v = torch.randn(4, 8, 1, 128, device="cuda", generator=g).to(dt)
+        slots, ids = torch.tensor([0, 4999, 17, 2500], device="cuda"), torch.arange(4, device="cuda")
+        want[0, ids, slots] = k[:, :, 0]
+        want[1, ids, slots] = v[:, :, 0]
+        write_slots(k, v, rows[0], rows[1], slots, ids)
+        assert torch.equal(rows, want), dt
