@@ -23,7 +23,7 @@ import torch
 
 from .attention.hooks import attention_state
 from .attention.rope import frame_groups, rope_frame
-from .attention.table import write_slots
+from .attention.table import kernels_ok, write_slots
 from .fused import compiled_layers
 from .attention.merge import merge_partials, merge_two, pack, unpack
 from .attention.partial import (ROWS_SPLIT_TOKENS, decode_partial, empty_partial, masked_partial, partial_attention,
@@ -759,6 +759,7 @@ class Sequences:
         self.arenas: dict[int, Arena] = {}  # sequences that live in an Arena's rows
         self.steps: dict[tuple[int, int], TableStep] = {}  # (rows, tokens) -> its TableStep
         self.last_path = "batch"  # how the last step ran: "table" (TableStep) or "batch" (eager)
+        self._kernels: dict = {}
 
     def table_step(self, rows: int, tb: int) -> TableStep:
         key = (rows, tb)
@@ -835,7 +836,18 @@ class Sequences:
         return self.table_step(1, query_bucket(t))([arena.rows], [query], [start], t - 1)
 
     def _table_ok(self) -> bool:
-        return self.group.world_size == 1 and self.decode in ("static", "graph") and graph_capturable(self.model)
+        """One worker, fixed-shape steps, a capturable RoPE, and on a GPU the table's kernels (a GPU without them,
+        or an fp32 model there, keeps the eager path rather than the torch twin's loops)."""
+        if not (self.group.world_size == 1 and self.decode in ("static", "graph") and graph_capturable(self.model)):
+            return False
+        if self.group.device.type == "cpu":
+            return True
+        if "ok" not in self._kernels:
+            cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
+                else self.model.config
+            hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            self._kernels["ok"] = kernels_ok(self.model.dtype, self.group.device, hd)
+        return self._kernels["ok"]
 
     @torch.inference_mode()
     def adopt(self, sid: int, arena: "Arena", logits: torch.Tensor, length: int, max_new: int, sampler=None,
@@ -851,16 +863,30 @@ class Sequences:
         return self._decide([sid], logits)[0]
 
     def _on_table(self, ids: list[int]) -> bool:
-        """Every one in an arena with room for its remaining tokens, none with tokens in its QueryCache, one
-        RoPE frame for all (the eager path splits the batch by frame)."""
+        """Every one in an arena with room for its remaining tokens, one RoPE frame for all (the eager path
+        splits the batch by frame)."""
         if not self._table_ok() or not all(i in self.arenas for i in ids):
             return False
         for i in ids:
             s = self.seqs[i]
-            if (s.cache is not None and s.cache.length) or s.pos + (s.max_new - s.steps) + 1 > self.arenas[i].capacity:
+            if s.pos + (s.max_new - s.steps) + 1 > self.arenas[i].capacity:
                 return False
         last = [self.seqs[i].pos + (self.seqs[i].max_new - self.seqs[i].steps) + 1 for i in ids]
         return len(frame_groups(self.model.config, [self.seqs[i].pos + 1 for i in ids] + last)) == 1
+
+    def _fold(self, sid: int) -> None:
+        """Tokens an eager step left in an arena sequence's QueryCache move into its arena rows after its shard,
+        so it decodes by table steps again (the KV of every token stays where its position says)."""
+        s, rows = self.seqs[sid], self.arenas[sid].rows
+        m = s.cache.length if s.cache is not None else 0
+        if not m:
+            return
+        n = len(s.shard)
+        for layer in range(rows.shape[0]):
+            rows[layer, 0, n:n + m] = s.cache.k[layer][0, :, :m].transpose(0, 1)
+            rows[layer, 1, n:n + m] = s.cache.v[layer][0, :, :m].transpose(0, 1)
+        s.cache.length = 0
+        s.shard = ContextShard.in_rows(rows, n + m)
 
     @torch.inference_mode()
     def step(self, ids: list[int]) -> list[tuple[int, int]]:
@@ -869,6 +895,8 @@ class Sequences:
         switch)."""
         tick()
         if self._on_table(ids):
+            for i in ids:
+                self._fold(i)
             seqs = [self.seqs[i] for i in ids]
             step = self.table_step(batch_bucket(len(ids)), 1)
             logits = step([self.arenas[i].rows for i in ids], [[s.last] for s in seqs], [s.pos for s in seqs], 0)
@@ -882,6 +910,9 @@ class Sequences:
             s = self.seqs[i]
             if i in self.arenas and s.cache is not None and not s.cache.length and len(s.shard) != s.pos:
                 s.shard = ContextShard.in_rows(self.arenas[i].rows, s.pos)
+            elif i in self.arenas and s.cache is not None and len(s.shard) + s.cache.length != s.pos:
+                raise RuntimeError(f"sequence {i}: {len(s.shard)} arena rows + {s.cache.length} cached tokens do "
+                                   f"not reach its position {s.pos}")
         dev = self.group.device
         out = {}
         lengths = [self.seqs[i].pos + 1 for i in ids]

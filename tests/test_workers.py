@@ -200,6 +200,46 @@ def test_served_sequence_alone_decodes_over_its_arena_and_joins_a_batch_exactly(
     assert out["static"] == out["eager"]
 
 
+def test_a_sequence_that_decoded_eagerly_returns_to_table_steps_exactly():
+    """A newcomer that gets no arena (none fits) decodes in the eager batch step, and so do the arena sequences
+    beside it (their tokens go to their QueryCaches); once it leaves, those tokens move into the arenas and the
+    others decode by table steps again. Every token equals the eager server's."""
+    docs = [["Head text. ", "Copper turns green in rain. ", "Bread rises. "], ["Head text. ", "Bread rises. "]]
+    out = {}
+    for decode in ("eager", "static"):
+        with make_engine(attn_type="block", decode=decode) as eng:
+            w = eng.launcher.worker
+            a = eng.prepare("", " What is it?", 0, blocks=docs[0], max_new_tokens=12)
+            b = eng.prepare("", " Where?", 1, blocks=docs[1], max_new_tokens=3)
+            toks = {0: [eng.serve_step([], [a], [])["new"][0][0]], 1: []}
+            seqs = w.mode_state("serve", None)
+            toks[0].append(eng.serve_step([], [], [0])["step"][0][0])
+            keep = w.arenas.cpu_keep
+            w.arenas.cpu_keep = len(w.arenas.pool)  # no room for another arena
+            res = eng.serve_step([], [b], [0])
+            w.arenas.cpu_keep = keep
+            toks[1].append(res["new"][0][0])
+            toks[0].append(res["step"][0][0])
+            assert 1 not in seqs.arenas
+            for _ in range(2):
+                rows = eng.serve_step([], [], [0, 1])
+                assert rows["step_path"] == "batch"
+                toks[0].append(rows["step"][0][0])
+                toks[1].append(rows["step"][1][0])
+            paths = []
+            for _ in range(5):
+                r = eng.serve_step([1] if 1 in seqs.seqs else [], [], [0])
+                paths.append(r["step_path"])
+                toks[0].append(r["step"][0][0])
+            if decode == "static":
+                assert paths == ["table"] * 5, paths  # back on the table path, its eager tokens in its arena
+                assert seqs.seqs[0].cache.length == 0
+                # the steps' tables keep no arena alive: one the pool drops is freed
+                assert all(x is None for st in seqs.steps.values() for x in st.table.buffers)
+            out[decode] = toks
+    assert out["static"] == out["eager"]
+
+
 @pytest.mark.parametrize("model", ["random:tiny-phi3", "random:tiny-dynamic"])
 def test_length_dependent_rope_takes_the_prompts_frequencies_on_every_path(model):
     """LongRoPE and dynamic NTK pick their frequencies from the length: a padded query bucket (17 tokens in a

@@ -13,23 +13,32 @@ from __future__ import annotations
 
 import torch
 
+from . import partial
 from .partial import masked_partial
 from .split_kv import available as split_available
 from .split_kv import table_attention
 
 
+def kernels_ok(dtype, device, head_dim: int) -> bool:
+    """Whether the table's Triton kernels serve this dtype and device: CUDA half precision, Triton there, and no
+    STAR_RUNTIME_ATTN_KERNEL naming another kernel (the table path then is not taken on a GPU)."""
+    device = torch.device(device)
+    return (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and partial._KERNEL in (None, "split")
+            and partial._SPLIT_OK["ok"] and split_available(torch.empty(0, head_dim)))
+
+
 class KVTable:
-    """Rows named by addresses. ``kernel``: the Triton kernels read through the table (CUDA half precision);
-    elsewhere (the CPU) the same math runs row by row over the buffers themselves -- not capturable, as a
-    graph would keep the buffers it saw."""
+    """Rows named by addresses. ``kernel``: the Triton kernels read through the table (kernels_ok); elsewhere
+    (the CPU) the same math runs row by row over the buffers themselves -- not capturable, as a graph would keep
+    the buffers it saw. The table keeps no buffer alive between calls (``release``): an arena dropped from its
+    pool is freed, and every call names its rows afresh before anything reads them."""
 
     def __init__(self, size: int, num_layers: int, hkv: int, d: int, dtype, device, spare_tokens: int = 128):
         self.size, self.layers, self.hkv, self.d = size, num_layers, hkv, d
         self.spare = torch.zeros((num_layers, 2, spare_tokens, hkv, d), dtype=dtype, device=device)
         self.device = self.spare.device  # with its index (cuda:0), as the buffers' devices compare
         self.table = torch.zeros((num_layers, 2, size), dtype=torch.int64, device=self.device)
-        self.kernel = (self.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-                       and split_available(self.spare[0, 0]))
+        self.kernel = kernels_ok(dtype, self.device, d)
         self.buffers: list[torch.Tensor | None] = []
         self.named: tuple = ()
         self.set([None] * size)
@@ -38,8 +47,9 @@ class KVTable:
         """Row a reads and writes buffers[a] ((layers, 2, C_a, H_kv, D), contiguous) or, for None, the spare."""
         if len(buffers) != self.size:
             raise ValueError(f"{len(buffers)} buffers for a table of {self.size} rows")
-        named = tuple(id(b) for b in buffers)
-        if named == self.named:
+        named = tuple((b.data_ptr(), b.shape[2]) if b is not None else None for b in buffers)
+        if named == self.named:  # the same addresses and capacities: the same table
+            self.buffers = list(buffers)
             return
         host = torch.empty((self.layers, 2, self.size), dtype=torch.int64)
         planes = torch.arange(self.layers * 2, dtype=torch.int64).view(self.layers, 2)
@@ -52,6 +62,10 @@ class KVTable:
         self.table.copy_(host)
         self.buffers, self.named = list(buffers), named
 
+    def release(self) -> None:
+        """Forget the buffers (the device table keeps their addresses until the next ``set``)."""
+        self.buffers = [None] * self.size
+
     def _rows(self, a: int) -> torch.Tensor:
         r = self.buffers[a]
         return self.spare if r is None else r
@@ -59,7 +73,7 @@ class KVTable:
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, base: torch.Tensor) -> None:
         """k, v: (A, H_kv, T, D), the new tokens of each row, written at slots base[a] + t."""
         t = k.shape[2]
-        if self.kernel:
+        if (self.kernel and k.dtype == v.dtype == self.spare.dtype and k.stride(-1) == 1 and v.stride(-1) == 1):
             kern = _write_kernel()
             kern[(self.size * t, self.hkv)](k, v, self.table, base, layer, self.size,
                                             k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
@@ -97,8 +111,8 @@ def write_slots(k: torch.Tensor, v: torch.Tensor, k_rows: torch.Tensor, v_rows: 
     """One new token per row into token-major rows (a decode step's KV write): k, v (A, H_kv, 1, D); k_rows,
     v_rows (A, C, H_kv, D) (unit stride on D); slots (A,) on the device; rows = arange(A) on the device. Row
     a's token goes to [a, slots[a]]. On CUDA one Triton launch writes keys and values; elsewhere index_put."""
-    if (k.device.type == "cuda" and k.dtype == k_rows.dtype and k.stride(-1) == 1 and k_rows.stride(-1) == 1
-            and v_rows.stride(-1) == 1 and split_available(k)):
+    if (k.device.type == "cuda" and k.dtype == v.dtype == k_rows.dtype == v_rows.dtype and k.stride(-1) == 1
+            and v.stride(-1) == 1 and k_rows.stride(-1) == 1 and v_rows.stride(-1) == 1 and split_available(k)):
         a, hkv, _, d = k.shape
         _slots_kernel()[(a, hkv)](k, v, k_rows, v_rows, slots, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                                   k_rows.stride(0), k_rows.stride(1), k_rows.stride(2), v_rows.stride(0),

@@ -252,9 +252,11 @@ class Worker:
                                                     r.max_new_tokens, self.device, must=False)
                 self._arena_call = arena if arena is not None else False
                 t0 = time.perf_counter()
-                with rope_frame(self.model, len(r.context_ids) + len(r.query_ids)):
-                    shard = mode.encode(self, r, self.cfg)
-                self._arena_call = False
+                try:
+                    with rope_frame(self.model, len(r.context_ids) + len(r.query_ids)):
+                        shard = mode.encode(self, r, self.cfg)
+                finally:
+                    self._arena_call = False
                 sync_device(self.device)
                 t1 = time.perf_counter()
                 q = torch.tensor(r.query_ids, dtype=torch.long, device=self.device)
@@ -265,6 +267,9 @@ class Worker:
                 if arena is not None:
                     arena.load(shard)
                     n = len(r.context_ids)
+                    if len(shard) != n:  # its rows are its positions: the query's KV goes right after the context
+                        raise RuntimeError(f"request {r.index}: phase 1 kept {len(shard)} context tokens of {n} on "
+                                           "the one worker")
                     logits = seqs.table_prefill(arena, r.query_ids, n)
                     path = "table"
                     if logits is None:  # a query longer than the table step's: the arena's own prefill
