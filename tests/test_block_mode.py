@@ -183,3 +183,14 @@ def test_token_cache_gives_fresh_ids_and_stays_within_its_budget():
     assert cache.encode(tok, texts[3:]) == fresh[3:]
     assert cache.tokens <= cache.max_tokens and len(cache.ids) <= 3 and texts[1] not in cache.ids
     assert cache.encode(tok, texts) == fresh
+
+
+def test_a_block_repeated_in_one_prompt_counts_as_served_from_the_cache():
+    """A passage twice in one prompt is looked up and encoded once; its second occurrence is counted in
+    repeat_tokens (tokens not encoded), so a server's cached_tokens covers every token it did not encode."""
+    with make_engine(attn_type="block") as eng:
+        req, first = run(eng, [PASSAGES[0], PASSAGES[1], PASSAGES[0]])
+    keys = [b.key for b in req.blocks]
+    again = sum(len(b.ids) for i, b in enumerate(req.blocks) if b.key in keys[:i])
+    assert first.cache["misses"] == len(set(keys)) and first.cache["hits"] == 0
+    assert first.cache["repeat_tokens"] == again > 0  # PASSAGES[0] again: not encoded

@@ -58,11 +58,13 @@ class StoreStats:
     misses: int = 0
     hit_tokens: int = 0
     miss_tokens: int = 0
+    repeat_tokens: int = 0  # blocks repeated within one prompt: served from their first occurrence's KV
     evictions: dict = field(default_factory=lambda: {"device_to_cpu": 0, "cpu_to_disk": 0, "dropped": 0})
 
     def as_dict(self) -> dict:
         return {"hits": dict(self.hits), "misses": self.misses, "hit_tokens": self.hit_tokens,
-                "miss_tokens": self.miss_tokens, "evictions": dict(self.evictions)}
+                "miss_tokens": self.miss_tokens, "repeat_tokens": self.repeat_tokens,
+                "evictions": dict(self.evictions)}
 
 
 class BlockStore:

@@ -141,6 +141,8 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
         if b.key not in found:
             found[b.key] = store.get(b.key, len(b.ids))
             tick()  # a disk hit reads and checks a whole entry: progress for the liveness watch
+        else:
+            store.stats.repeat_tokens += len(b.ids)
     missing = list({b.key: b for b in mine if found[b.key] is None}.values())
     if missing:
         for b, (kv, freq) in zip(missing, encode_new_blocks(model, missing, reencoder, device, pad_id, total_len)):
@@ -253,4 +255,4 @@ class BlockMode(Mode):
     def counters(self, worker):
         s = worker.mode_state(self.name, BlockWorkerState).store.stats
         return {"hits": sum(s.hits.values()), "misses": s.misses, "hit_tokens": s.hit_tokens,
-                "miss_tokens": s.miss_tokens, "evictions": sum(s.evictions.values())}
+                "miss_tokens": s.miss_tokens, "repeat_tokens": s.repeat_tokens, "evictions": sum(s.evictions.values())}

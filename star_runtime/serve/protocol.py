@@ -188,7 +188,8 @@ def usage(prompt_tokens: int, completion_tokens: int, cache: dict | None, timing
     preparation (tokenizing, checks, placement) and from its arrival to its first token being decided."""
     u = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
          "total_tokens": prompt_tokens + completion_tokens,
-         "prompt_tokens_details": {"cached_tokens": int(cache["hit_tokens"]) if cache else 0}}
+         "prompt_tokens_details": {"cached_tokens": int(cache["hit_tokens"] + cache.get("repeat_tokens", 0))
+                                   if cache else 0}}
     if cache:
         u["block_cache"] = {k: int(v) for k, v in cache.items()}
     if timing:

@@ -231,7 +231,7 @@ class Scheduler:
                 if counts:
                     self.metrics.cache_hits.inc(counts["hits"])
                     self.metrics.cache_misses.inc(counts["misses"])
-                    self.metrics.cache_hit_tokens.inc(counts["hit_tokens"])
+                    self.metrics.cache_hit_tokens.inc(counts["hit_tokens"] + counts.get("repeat_tokens", 0))
                 self._token(job, tok, flag, now)
             for sid, (tok, flag) in zip(step, res["step"]):
                 if sid in self.running:
