@@ -212,34 +212,44 @@ class Scheduler:
                     break
             if not (close or new or step):
                 continue
-            try:
-                res = self.engine.serve_step(close, [j.req for j in new], step)
-            except Exception as e:  # a dead or failing worker: every request gets its error now, never a hang
-                self._die(e, new)
-                return
-            now = time.perf_counter()
-            if step:
-                self.metrics.steps.inc()
-                self.metrics.step_sequences.inc(len(step))
-                self.metrics.step_seconds.labels(res["step_path"]).observe(res["step_s"])
-            for job, (tok, flag, p1, ft, counts), path in zip(new, res["new"], res["new_path"]):
-                self.metrics.prefill_seconds.labels("phase1", path).observe(p1)
-                self.metrics.prefill_seconds.labels("query", path).observe(ft)
-                job.cache = counts
-                self.running[job.sid] = job
-                self.metrics.prompt.inc(job.prompt_tokens)
-                if counts:
-                    self.metrics.cache_hits.inc(counts["hits"])
-                    self.metrics.cache_misses.inc(counts["misses"])
-                    self.metrics.cache_hit_tokens.inc(counts["hit_tokens"] + counts.get("repeat_tokens", 0))
-                self._token(job, tok, flag, now)
-            for sid, (tok, flag) in zip(step, res["step"]):
-                if sid in self.running:
-                    self._token(self.running[sid], tok, flag, now)
-            for tier, n in (res.get("cache_bytes") or {}).items():
-                self.metrics.cache_bytes.labels(tier).set(n)
-            self.metrics.running.set(len(self.running))
+            # a newcomer's first token goes out before the running batch's step, not after it
+            calls = [(close, new, []), ([], [], step)] if new and step else [(close, new, step)]
+            for c, n, st in calls:
+                if not self._run(c, n, st):
+                    return
         self.metrics.running.set(0)
+
+    def _run(self, close: list[int], new: list[Job], step: list[int]) -> bool:
+        """One engine call: free ``close``, admit ``new``, one decode step of ``step``; their tokens go out.
+        False when a worker failed (every request has its error then)."""
+        try:
+            res = self.engine.serve_step(close, [j.req for j in new], step)
+        except Exception as e:  # a dead or failing worker: every request gets its error now, never a hang
+            self._die(e, new)
+            return False
+        now = time.perf_counter()
+        if step:
+            self.metrics.steps.inc()
+            self.metrics.step_sequences.inc(len(step))
+            self.metrics.step_seconds.labels(res["step_path"]).observe(res["step_s"])
+        for job, (tok, flag, p1, ft, counts), path in zip(new, res["new"], res["new_path"]):
+            self.metrics.prefill_seconds.labels("phase1", path).observe(p1)
+            self.metrics.prefill_seconds.labels("query", path).observe(ft)
+            job.cache = counts
+            self.running[job.sid] = job
+            self.metrics.prompt.inc(job.prompt_tokens)
+            if counts:
+                self.metrics.cache_hits.inc(counts["hits"])
+                self.metrics.cache_misses.inc(counts["misses"])
+                self.metrics.cache_hit_tokens.inc(counts["hit_tokens"] + counts.get("repeat_tokens", 0))
+            self._token(job, tok, flag, now)
+        for sid, (tok, flag) in zip(step, res["step"]):
+            if sid in self.running:
+                self._token(self.running[sid], tok, flag, now)
+        for tier, n in (res.get("cache_bytes") or {}).items():
+            self.metrics.cache_bytes.labels(tier).set(n)
+        self.metrics.running.set(len(self.running))
+        return True
 
     def _token(self, job: Job, tok: int, flag: int, now: float) -> None:
         job.steps += 1
