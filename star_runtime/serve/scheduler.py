@@ -179,7 +179,7 @@ class Scheduler:
             self.thread.join(timeout)
         if self.thread.is_alive():  # generations still running past the grace time: cancel them, then wait
             with self.cond:
-                for job in self.running.values():
+                for job in list(self.running.values()):  # the scheduler thread may change it meanwhile
                     job.cancelled = True
                 self.cond.notify()
             self.thread.join()
