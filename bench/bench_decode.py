@@ -27,14 +27,13 @@ from floors import copy_bandwidth, kv_bytes_per_token, linear_floor_ms  # noqa: 
 from star_runtime.config import add_flags, from_args  # noqa: E402
 from star_runtime.decode import generate  # noqa: E402
 from star_runtime.kv.shard import ContextShard  # noqa: E402
-from star_runtime.models.loader import resolve_model, text_config  # noqa: E402
+from star_runtime.models.loader import head_dim, resolve_model, text_config  # noqa: E402
 from star_runtime.parallel.worker import Worker  # noqa: E402
 from star_runtime.sampling import Sampler  # noqa: E402
 
 
 def random_shards(model, batch: int, length: int, g):
-    cfg = text_config(model.config)
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    cfg, hd = text_config(model.config), head_dim(model.config)
     dev, dt = next(model.parameters()).device, next(model.parameters()).dtype
     shards = []
     for _ in range(batch):

@@ -66,6 +66,8 @@ def copy_bandwidth(device, nbytes: int = 4 << 30) -> float:
 
 
 def kv_bytes_per_token(model) -> int:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * next(model.parameters()).element_size()
+    from star_runtime.models.loader import head_dim, text_config
+
+    cfg = text_config(model.config)
+    return (2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim(model.config)
+            * next(model.parameters()).element_size())

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from star_runtime.models.loader import head_dim  # noqa: E402
 from star_runtime.modes.star import star_plan  # noqa: E402
 
 
@@ -36,9 +37,8 @@ class Shape:
 
     @classmethod
     def from_config(cls, cfg) -> "Shape":
-        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         return cls(cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads,
-                   cfg.num_key_value_heads, hd)
+                   cfg.num_key_value_heads, head_dim(cfg))
 
     @property
     def linear_flops_per_token(self) -> float:

@@ -29,7 +29,7 @@ from .attention.merge import merge_partials, merge_two, pack, unpack
 from .attention.partial import (ROWS_SPLIT_TOKENS, decode_partial, empty_partial, masked_partial, partial_attention,
                                 prefill_partial, rows_partial)
 from .kv.shard import ContextShard
-from .models.loader import num_layers
+from .models.loader import head_dim, num_layers, text_config
 from .progress import tick
 from .sampling import GREEDY_BELOW
 from .table_step import TableStep
@@ -454,8 +454,7 @@ class Arenas:
                     ) -> "Arena | None":
         """An idle arena of the request's capacity bucket (the most recent), else a new one after idle ones
         went to make room. With ``must`` False: None when every arena is busy and no new one fits."""
-        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        cfg, hd = text_config(model.config), head_dim(model.config)
         cap = context_bucket(context + query_bucket(query) + max_new + 1)
         arena = next((x for x in reversed(self.pool) if x.capacity == cap and not x.busy), None)
         if arena is not None:
@@ -843,10 +842,7 @@ class Sequences:
         if self.group.device.type == "cpu":
             return True
         if "ok" not in self._kernels:
-            cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
-                else self.model.config
-            hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-            self._kernels["ok"] = kernels_ok(self.model.dtype, self.group.device, hd)
+            self._kernels["ok"] = kernels_ok(self.model.dtype, self.group.device, head_dim(self.model.config))
         return self._kernels["ok"]
 
     @torch.inference_mode()

@@ -13,7 +13,7 @@ import torch
 from .attention.hooks import attention_state
 from .attention.table import KVTable
 from .fused import compiled_layers
-from .models.loader import text_config
+from .models.loader import head_dim, text_config
 
 
 class TableAttention:
@@ -34,8 +34,7 @@ class TableStep:
     ``keep`` (decode: its only one; a query prefill: its last real one)."""
 
     def __init__(self, model, rows: int, tb: int, layers: str, use_graph: bool):
-        cfg = text_config(model.config)
-        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        cfg, hd = text_config(model.config), head_dim(model.config)
         dev = next(model.parameters()).device
         self.model, self.rows, self.tb, self.layers = model, rows, tb, layers
         self.table = KVTable(rows, cfg.num_hidden_layers, cfg.num_key_value_heads, hd, model.dtype, dev,

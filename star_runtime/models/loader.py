@@ -170,6 +170,12 @@ def text_config(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def head_dim(config) -> int:
+    """The attention head size of a (text) config (most configs derive it from the hidden size)."""
+    cfg = text_config(config)
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
 def num_layers(model) -> int:
     return text_config(model.config).num_hidden_layers
 

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..kv.block_store import BlockStore, block_key, gib
 from ..kv.gather import gather_rotate
 from ..kv.shard import ContextShard
-from ..models.loader import num_layers, text_config
+from ..models.loader import head_dim, num_layers, text_config
 from ..progress import tick
 from ..prompts import TokenCache, split_blocks, tokenize_blocks
 from .base import Mode, Prompt
@@ -196,10 +196,9 @@ class BlockWorkerState:
         cfg, model = worker.cfg, worker.model
         disk = os.path.join(cfg.block_cache_disk_dir, f"rank{worker.group.rank}") if cfg.block_cache_disk_dir else None
         text = text_config(model.config)
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self.store = BlockStore(worker.device, gib(cfg.block_cache_gpu_gib), gib(cfg.block_cache_cpu_gib), disk,
                                 gib(cfg.disk_budget_gib), dtype=model.dtype,
-                                expect=(text.num_hidden_layers, text.num_key_value_heads, head_dim))
+                                expect=(text.num_hidden_layers, text.num_key_value_heads, head_dim(model.config)))
         self.reencoder = RopeReencoder(model)
 
     def flush(self) -> None:

@@ -22,7 +22,7 @@ from ..attention.merge import merge_two
 from ..attention.partial import partial_attention
 from ..fused import fused
 from ..kv.shard import ContextShard
-from ..models.loader import num_layers, text_config
+from ..models.loader import head_dim, num_layers, text_config
 from .base import Mode, run_decoder
 from .dense import CausalPrefill
 
@@ -76,8 +76,7 @@ def config_plan(cfg, length: int, world: int | None = None) -> StarPlan:
 def anchor_shape(model, anchor: int) -> tuple[int, ...]:
     """Shape of one layer's stacked anchor K/V: (2, 1, H_kv, A, D)."""
     cfg = text_config(model.config)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return (2, 1, cfg.num_key_value_heads, anchor, head_dim)
+    return (2, 1, cfg.num_key_value_heads, anchor, head_dim(model.config))
 
 
 class SharedAnchor:
