@@ -22,9 +22,7 @@ from .split_kv import table_attention
 def kernels_ok(dtype, device, head_dim: int) -> bool:
     """Whether the table's Triton kernels serve this dtype and device: CUDA half precision, Triton there, and no
     STAR_RUNTIME_ATTN_KERNEL naming another kernel (the table path then is not taken on a GPU)."""
-    device = torch.device(device)
-    return (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and partial._KERNEL in (None, "split")
-            and partial._SPLIT_OK["ok"] and split_available(torch.empty(0, head_dim)))
+    return partial._use_split(torch.empty(0, head_dim, dtype=dtype, device=device))
 
 
 class KVTable:
