@@ -745,11 +745,12 @@ class Sequences:
     stop flag; ``remove`` frees one. A running batch therefore changes at every step boundary without waiting
     for anyone. Stop flags: 0, EOS, STOP_WORD (the caller also ends a sequence at its token cap).
 
-    Two ways to run a step. Sequences whose KV lives in Arenas (``prefill``/``adopt``; one worker, fixed-shape
-    steps) decode by a TableStep of their batch-size bucket -- one CUDA-graph replay for the whole batch, however
-    it changed since the last step (table_step.py). Otherwise (several workers, dynamic RoPE, no arena to be
-    had) one eager forward with one collective per layer (GlobalAttention); a sequence that once decoded so
-    keeps its later tokens in its QueryCache and stays on that path.
+    Two ways to run a step. Sequences whose KV lives in Arenas (``table_prefill``/``adopt``; one worker,
+    fixed-shape steps) decode by a TableStep of their batch-size bucket -- one CUDA-graph replay for the whole
+    batch, however it changed since the last step (table_step.py). Otherwise (several workers, dynamic RoPE, a
+    newcomer with no arena to be had in the batch) one eager forward with one collective per layer
+    (GlobalAttention); the tokens an arena sequence decoded so wait in its QueryCache and move into its arena
+    when it is next on a table step (``_fold``).
     """
 
     def __init__(self, model, group, eos: set[int], layers: str = "eager", decode: str = "eager"):
@@ -758,7 +759,7 @@ class Sequences:
         self.arenas: dict[int, Arena] = {}  # sequences that live in an Arena's rows
         self.steps: dict[tuple[int, int], TableStep] = {}  # (rows, tokens) -> its TableStep
         self.last_path = "batch"  # how the last step ran: "table" (TableStep) or "batch" (eager)
-        self._kernels: dict = {}
+        self._kernels_ok: bool | None = None  # the table kernels serve this model here (GPU; made once)
 
     def table_step(self, rows: int, tb: int) -> TableStep:
         key = (rows, tb)
@@ -841,9 +842,9 @@ class Sequences:
             return False
         if self.group.device.type == "cpu":
             return True
-        if "ok" not in self._kernels:
-            self._kernels["ok"] = kernels_ok(self.model.dtype, self.group.device, head_dim(self.model.config))
-        return self._kernels["ok"]
+        if self._kernels_ok is None:
+            self._kernels_ok = kernels_ok(self.model.dtype, self.group.device, head_dim(self.model.config))
+        return self._kernels_ok
 
     @torch.inference_mode()
     def adopt(self, sid: int, arena: "Arena", logits: torch.Tensor, length: int, max_new: int, sampler=None,
@@ -863,12 +864,11 @@ class Sequences:
         splits the batch by frame)."""
         if not self._table_ok() or not all(i in self.arenas for i in ids):
             return False
-        for i in ids:
-            s = self.seqs[i]
-            if s.pos + (s.max_new - s.steps) + 1 > self.arenas[i].capacity:
-                return False
-        last = [self.seqs[i].pos + (self.seqs[i].max_new - self.seqs[i].steps) + 1 for i in ids]
-        return len(frame_groups(self.model.config, [self.seqs[i].pos + 1 for i in ids] + last)) == 1
+        seqs = [self.seqs[i] for i in ids]
+        last = [s.pos + (s.max_new - s.steps) + 1 for s in seqs]  # each one's length after its last token
+        if any(n > self.arenas[i].capacity for i, n in zip(ids, last)):
+            return False
+        return len(frame_groups(self.model.config, [s.pos + 1 for s in seqs] + last)) == 1
 
     def _fold(self, sid: int) -> None:
         """Tokens an eager step left in an arena sequence's QueryCache move into its arena rows after its shard,
