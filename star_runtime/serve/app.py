@@ -177,8 +177,7 @@ def make_job(state: ServerState, p, loop) -> Job:
     req = dataclasses.replace(req, temperature=p.temperature, top_p=p.top_p, stop_words=p.stop or None,
                               seed=p.seed if p.seed is not None else req.seed)
     job = Job(req, p, loop, TextStream(eng.tokenizer, p.stop or list(cfg.stop_words)))
-    job.prepare_s = time.perf_counter() - t0
-    job.submitted = time.perf_counter()
+    job.prepare_s = job.submitted - t0  # the job's clock starts where its preparation ends
     state.metrics.prepare.observe(job.prepare_s)
     return job
 

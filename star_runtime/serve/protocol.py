@@ -183,13 +183,17 @@ def new_id(kind: str) -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
 
 
+def cached_tokens(cache: dict | None) -> int:
+    """Prompt tokens a request did not encode: block-cache hits and blocks repeated within the prompt."""
+    return int(cache["hit_tokens"] + cache.get("repeat_tokens", 0)) if cache else 0
+
+
 def usage(prompt_tokens: int, completion_tokens: int, cache: dict | None, timing: dict | None = None) -> dict:
     """OpenAI's usage, plus the block-cache counts of the request and (timing) the server's own seconds: its
     preparation (tokenizing, checks, placement) and from its arrival to its first token being decided."""
     u = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
          "total_tokens": prompt_tokens + completion_tokens,
-         "prompt_tokens_details": {"cached_tokens": int(cache["hit_tokens"] + cache.get("repeat_tokens", 0))
-                                   if cache else 0}}
+         "prompt_tokens_details": {"cached_tokens": cached_tokens(cache)}}
     if cache:
         u["block_cache"] = {k: int(v) for k, v in cache.items()}
     if timing:

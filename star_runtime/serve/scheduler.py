@@ -14,7 +14,7 @@ import threading
 import time
 
 from ..decode import EOS, STOP_WORD
-from .protocol import APIError
+from .protocol import APIError, cached_tokens
 
 
 class TextStream:
@@ -241,7 +241,7 @@ class Scheduler:
             if counts:
                 self.metrics.cache_hits.inc(counts["hits"])
                 self.metrics.cache_misses.inc(counts["misses"])
-                self.metrics.cache_hit_tokens.inc(counts["hit_tokens"] + counts.get("repeat_tokens", 0))
+                self.metrics.cache_hit_tokens.inc(cached_tokens(counts))
             self._token(job, tok, flag, now)
         for sid, (tok, flag) in zip(step, res["step"]):
             if sid in self.running:
