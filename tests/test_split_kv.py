@@ -13,11 +13,15 @@ pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SCRIPT = r"""
+# every script: Triton's interpreter before any kernel is defined (tests/helpers/triton_cpu.py)
+HEADER = """
 import sys
 sys.path.insert(0, "tests/helpers")
-import triton_cpu  # noqa: F401  (before the kernel is defined)
+import triton_cpu  # noqa: F401
 import torch
+"""
+
+SCRIPT = HEADER + r"""
 from star_runtime.attention.split_kv import split_kv_attention
 
 def fp64(q, k_rows, v_rows, base, scale):
@@ -49,17 +53,18 @@ for a, hq, hkv, tb, d, c, base, splits in cases:
 """
 
 
-def test_split_kv_kernel_against_fp64_in_the_interpreter():
-    r = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def run_interpreted(script: str, oks: int) -> None:
+    """Run a kernel script in a fresh interpreter process; it must pass and print "ok" ``oks`` times."""
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("ok") == 5, r.stdout
+    assert r.stdout.count("ok") == oks, r.stdout
 
 
-TABLE_SCRIPT = r"""
-import sys
-sys.path.insert(0, "tests/helpers")
-import triton_cpu  # noqa: F401  (before the kernels are defined)
-import torch
+def test_split_kv_kernel_against_fp64_in_the_interpreter():
+    run_interpreted(SCRIPT, 5)
+
+
+TABLE_SCRIPT = HEADER + r"""
 from star_runtime.attention.split_kv import split_kv_attention
 from star_runtime.attention.table import KVTable
 
@@ -99,16 +104,10 @@ def test_table_kernels_read_and_write_each_rows_own_buffer_in_the_interpreter():
     addresses: the write kernel puts each row's new tokens at its own slots (a row without a buffer writes the
     spare), the paged split kernel gives what the plain kernel gives over each buffer alone, and the torch twin
     (the CPU path) the same numbers."""
-    r = subprocess.run([sys.executable, "-c", TABLE_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("ok") == 2, r.stdout
+    run_interpreted(TABLE_SCRIPT, 2)
 
 
-SLOTS_SCRIPT = r"""
-import sys
-sys.path.insert(0, "tests/helpers")
-import triton_cpu  # noqa: F401
-import torch
+SLOTS_SCRIPT = HEADER + r"""
 import star_runtime.attention.table as table
 
 torch.manual_seed(0)
@@ -131,6 +130,4 @@ for kernel in (True, False):
 
 
 def test_decode_kv_write_kernel_puts_each_rows_token_at_its_slot_in_the_interpreter():
-    r = subprocess.run([sys.executable, "-c", SLOTS_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("ok") == 2, r.stdout
+    run_interpreted(SLOTS_SCRIPT, 2)
