@@ -465,11 +465,11 @@ class Arenas:
             limit = self.keep if device.type == "cuda" else self.cpu_keep
             while len(self.pool) >= limit or not self._room(need, device):
                 lru = next((x for x in self.pool if not x.busy), None)
-                if lru is None:
+                if lru is None:  # still no room and every arena busy
+                    if not must:
+                        return None
                     break
                 self.pool.remove(lru)
-            if not must and (len(self.pool) >= limit or not self._room(need, device)):
-                return None
             arena = Arena(cfg.num_hidden_layers, cap, cfg.num_key_value_heads, hd, model.dtype, device)
         self.pool.append(arena)  # most recent last
         return arena
