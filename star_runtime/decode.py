@@ -26,6 +26,7 @@ from .attention.rope import frame_groups, rope_frame
 from .attention.table import kernels_ok, write_slots
 from .fused import compiled_layers
 from .attention.merge import merge_partials, merge_two, pack, unpack
+from .attention.pages import PageTable, capacity_bucket, pages_needed
 from .attention.partial import (ROWS_SPLIT_TOKENS, decode_partial, empty_partial, masked_partial, partial_attention,
                                 prefill_partial, rows_partial)
 from .kv.shard import ContextShard
@@ -416,6 +417,7 @@ class Arena:
 
     def load(self, shard: ContextShard) -> None:
         """This request's context: written here by phase 1 already (shard.rows), else copied in."""
+        shard.settle()
         n = len(shard)
         if shard.rows is not self.rows:
             for layer in range(len(self.k)):
@@ -552,12 +554,58 @@ class PrefillStep:
         return self.logits
 
 
+class PagedPrefillAttention(PrefillAttention):
+    """PrefillAttention whose context is still the cached blocks where they lie (a deferred gather): the query
+    writes its own KV into the arena after the context's slots and attends the blocks in place, its query
+    rotated by minus each block's offset, and its own KV causally (attention/pages.py); shapes as there."""
+
+    def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
+        a, st = self.arena, self.step
+        if layer == 0:
+            self.slots = a.len_t + st.offsets
+        a.rows[layer, 0].index_copy_(0, self.slots, k[0].transpose(0, 1))
+        a.rows[layer, 1].index_copy_(0, self.slots, v[0].transpose(0, 1))
+        out, _ = st.pages.attend(layer, q, scale)
+        return out.to(q.dtype)
+
+
+class PagedPrefillStep(PrefillStep):
+    """PrefillStep over a context not yet gathered: a page table of fixed capacity (attention/pages.py
+    capacity_bucket) names the request's cached entries before each call, so one CUDA graph per (query
+    bucket, capacity) serves every such request."""
+
+    def __init__(self, model, group, arena: Arena, tb: int, use_graph: bool, layers: str, capacity: int):
+        super().__init__(model, group, arena, tb, use_graph, layers)
+        kernel = group.device.type == "cuda"
+        self.pages = PageTable(capacity, text_config(model.config).num_key_value_heads, head_dim(model.config) // 2,
+                               group.device, kernel)
+        self.state = PagedPrefillAttention(group, arena, self)
+
+    def run(self, shard: ContextShard, query: torch.Tensor, start: int) -> torch.Tensor:
+        entries, offsets, inv_freq = shard.blocks
+        self.pages.fill(entries, offsets, inv_freq, self.arena.rows, len(shard), self.tb)
+        return self(query, start)
+
+
+def paged_prefill(arena: Arena, model, group, shard: ContextShard, query: torch.Tensor, start: int, use_graph: bool,
+                  layers: str) -> torch.Tensor:
+    """The first token's logits (1, V) of a query over a shard whose gather is deferred (shard.blocks), from
+    the arena's PagedPrefillStep of the query's bucket and the shard's page capacity."""
+    tb = query_bucket(query.numel())
+    cap = capacity_bucket(pages_needed([e.shape[3] for e in shard.blocks[0]]))
+    key = ("paged", tb, cap)
+    if key not in arena.prefills:
+        arena.prefills[key] = PagedPrefillStep(model, group, arena, tb, use_graph, layers, cap)
+    arena.len_t.fill_(len(shard))
+    return arena.prefills[key].run(shard, query, start)
+
+
 # -- the decode loop -----------------------------------------------------------------------------------------
 @dataclass
 class Generation:
     tokens: list[int] = field(default_factory=list)
     first_token_s: float = 0.0  # this sample's query prefill until its first token is known
-    decode_s: float = 0.0  # wall time of the decode steps this sample took part in
+    decode_s: float = 0.0  # wall time of the decode steps this sample took part in (and of a deferred gather)
     stopped_by: str = "length"  # eos | stop_word | length
     steps: int = 0  # forwards: 1 query prefill + (steps - 1) decode steps
     logits: list = field(default_factory=list)  # per step (V,) fp32 on the CPU, host only, if asked
@@ -662,10 +710,18 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
     arena = None
     if arenas is not None and arena_path(group.world_size, n, decode, model) and not prefill_logits:
         arena = arenas.for_request(model, len(shards[0]), queries[0].numel(), max_new[0], dev)
+    # a context whose gather phase 1 deferred (cached blocks, kv/shard.py): the first token attends the blocks
+    # in place, the gather runs after it; everything else reads settled rows
+    paged = arena is not None and shards[0].blocks is not None and shards[0].rows is arena.rows
+    for b, sh in enumerate(shards):
+        if not (paged and b == 0):
+            sh.settle()
     for b in range(n):  # query prefill, one sample at a time
         t0 = time.perf_counter()
         q = queries[b]
-        if arena is not None:  # fixed shapes over the arena: one graph replay
+        if paged:
+            decide([b], paged_prefill(arena, model, group, shards[b], q, starts[b], decode == "graph", layers))
+        elif arena is not None:  # fixed shapes over the arena: one graph replay
             arena.load(shards[b])
             tb = query_bucket(q.numel())
             if tb not in arena.prefills:
@@ -677,6 +733,11 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
                 decide([b], forward([b], q.unsqueeze(0), p, keep_all=prefill_logits))
         sync_device(dev)
         gens[b].first_token_s = time.perf_counter() - t0
+        if paged and running[b]:  # the context into the arena for the decode steps, after the first token
+            t0 = time.perf_counter()
+            shards[b].settle()
+            sync_device(dev)
+            gens[b].decode_s += time.perf_counter() - t0
 
     step = None  # static / graph: one fixed-shape step for the whole batch (finished samples ride along)
     if arena is not None and any(running):

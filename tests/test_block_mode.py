@@ -57,6 +57,23 @@ def test_block_mode_equals_full_forward_with_block_mask(model):
     assert_same_steps(rep.logits, ref_logits, 1e-4)
 
 
+@pytest.mark.parametrize("model", ["random:tiny", "random:tiny-qwen2"])
+def test_first_token_over_cached_blocks_in_place_equals_full_forward_with_block_mask(model):
+    """Fixed-shape decode over an arena: phase 1 defers the gather, the query attends the cached entries where
+    they lie (its query rotated by minus each block's offset, attention/pages.py), the context is gathered after
+    the first token -- cold and warm at new offsets, each against the stock model with the block mask."""
+    with make_engine(model, attn_type="block", decode="static") as eng:
+        for order, misses in ((PASSAGES, 4), (PASSAGES[::-1], 0), (PASSAGES[1:] + PASSAGES[:1], 0)):
+            req, rep = run(eng, order)
+            assert rep.cache["misses"] == misses
+            ids = [list(b.ids) for b in req.blocks]
+            ref_tokens, ref_logits = block_mask_reference(eng, ids, req.query_ids, 6)
+            assert rep.tokens == ref_tokens
+            assert_same_steps(rep.logits, ref_logits, 1e-4)
+        keys = [k for a in eng.launcher.worker.arenas.pool for k in a.prefills]
+        assert any(isinstance(k, tuple) and k[0] == "paged" for k in keys), keys  # the in-place path ran
+
+
 def test_one_block_equals_dense():
     text = "".join(PASSAGES)
     with make_engine(attn_type="dense") as eng:

@@ -218,8 +218,15 @@ def _attend(q, k, v, table, layer, c, hkv, strides, base, scale, splits, fp32_ou
         l_part.stride(0), l_part.stride(1), l_part.stride(2),
         c, tb, scale * 1.4426950408889634,
         HKV=hkv, G=g, D=d, S=splits, BLOCK_M=block_m, BLOCK_N=block_n, PAGED=paged, num_warps=4, num_stages=3)
-    out = torch.empty((a, hq, tb, d), dtype=torch.float32 if fp32_out else q.dtype, device=dev)
-    lse = torch.empty((a, hq, tb), dtype=torch.float32, device=dev)
-    ks["merge"][(a * hq * tb,)](o_part, l_part, out, lse, o_part.stride(0), l_part.stride(0), splits, D=d,
-                                BLOCK_S=max(2, 1 << (splits - 1).bit_length()), num_warps=4)
+    return merge_splits(o_part, l_part, torch.float32 if fp32_out else q.dtype)
+
+
+def merge_splits(o_part: torch.Tensor, l_part: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The splits' partials merged by their log-sum-exp (fp32), one small launch: o_part (S, ..., D) and
+    l_part (S, ...) fp32 contiguous -> out (..., D) in ``dtype``, lse (...) fp32."""
+    splits, d = o_part.shape[0], o_part.shape[-1]
+    out = torch.empty(o_part.shape[1:], dtype=dtype, device=o_part.device)
+    lse = torch.empty(l_part.shape[1:], dtype=torch.float32, device=o_part.device)
+    _kernels()["merge"][(lse.numel(),)](o_part, l_part, out, lse, o_part.stride(0), l_part.stride(0), splits, D=d,
+                                        BLOCK_S=max(2, 1 << (splits - 1).bit_length()), num_warps=4)
     return out, lse

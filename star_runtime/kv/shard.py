@@ -20,13 +20,18 @@ class ContextShard:
         self._parts: list[list] = [[] for _ in range(num_layers)]
         self.rows: torch.Tensor | None = None  # (layers, 2, C, H_kv, D) when the KV lives in a token-major buffer
         self._length_t, self._length_n = None, -1
+        self.pending = None  # what still fills rows (a deferred gather); run by settle() before the KV is read
+        self.blocks = None  # meanwhile, where the KV lies: (entries, offsets, inv_freq) (attention/pages.py)
 
     @classmethod
-    def in_rows(cls, rows: torch.Tensor, length: int) -> "ContextShard":
+    def in_rows(cls, rows: torch.Tensor, length: int, pending=None, blocks=None) -> "ContextShard":
         """A shard whose KV is the first ``length`` tokens of a token-major buffer rows (layers, 2, C, H_kv, D)
-        (written in place, e.g. by kv/gather.py); get() returns (1, H_kv, length, D) views of it, no copy."""
+        (written in place, e.g. by kv/gather.py); get() returns (1, H_kv, length, D) views of it, no copy.
+        pending: a callable that writes those rows later (the first token can be computed from ``blocks``, the
+        cached entries where they lie, before it runs); settle() or the first get() runs it."""
         shard = cls(rows.shape[0])
         shard.rows = rows
+        shard.pending, shard.blocks = pending, blocks
         for layer in range(rows.shape[0]):
             shard.keys[layer] = rows[layer, 0, :length].transpose(0, 1).unsqueeze(0)
             shard.values[layer] = rows[layer, 1, :length].transpose(0, 1).unsqueeze(0)
@@ -48,7 +53,15 @@ class ContextShard:
         """Add tokens (1, H_kv, T, D) after those already stored (phase 1 in several batches)."""
         self._parts[layer].append((k, v))
 
+    def settle(self) -> None:
+        """Write the rows a deferred gather still owes (nothing when there is none)."""
+        if self.pending is not None:
+            fill, self.pending, self.blocks = self.pending, None, None
+            fill()
+
     def get(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.pending is not None:
+            self.settle()
         if self._parts[layer]:
             parts = ([(self.keys[layer], self.values[layer])] if self.keys[layer] is not None else []) \
                 + self._parts[layer]
@@ -60,5 +73,7 @@ class ContextShard:
         return self.keys[layer], self.values[layer]
 
     def __len__(self) -> int:
+        if self.rows is not None:  # a view of the rows: its length is known before they are filled
+            return 0 if self.keys[0] is None else self.keys[0].shape[2]
         k, _ = self.get(0)
         return 0 if k is None else k.shape[2]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention.hooks import attention_state
+from ..attention.pages import usable as pages_usable
 from ..attention.partial import partial_attention
 from ..attention.rope import RopeReencoder, frame_tag
 from ..errors import ConfigError
@@ -125,12 +126,16 @@ def encode_new_blocks(model, blocks: list[BlockSpec], reencoder: RopeReencoder, 
 
 @torch.inference_mode()
 def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, reencoder: RopeReencoder,
-                  total_len: int, pad_id: int = 0, rows: torch.Tensor | None = None) -> ContextShard:
+                  total_len: int, pad_id: int = 0, rows: torch.Tensor | None = None, defer: bool = False
+                  ) -> ContextShard:
     """This worker's blocks -> its context shard, keys re-encoded to the blocks' offsets.
 
     total_len: the prompt's full length (context + final block), for RoPE types whose frequencies depend on
     the sequence length (dynamic); a constant for the others. rows: a token-major buffer (layers, 2, C, H_kv, D)
-    to assemble the shard in (phase 2's Arena, so nothing is copied again), else one is made.
+    to assemble the shard in (phase 2's Arena, so nothing is copied again), else one is made. defer (with
+    rows): where the query can attend the cached entries in place (attention/pages.py usable; every block
+    encoded with the prompt's frequencies), the shard names them (``blocks``) and gathers into rows only when
+    settled -- after the first token, so the gather is off the time to it.
     """
     mine = [b for b in blocks if b.rank == rank]
     if not mine:
@@ -148,17 +153,27 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
         for b, (kv, freq) in zip(missing, encode_new_blocks(model, missing, reencoder, device, pad_id, total_len)):
             store.put(b.key, kv, freq)
             found[b.key] = (kv, freq.cpu())
-    # Cached blocks stay at positions 0..L-1; the shard gets keys rotated to the blocks' offsets and values, in
-    # one pass over the entries (kv/gather.py)
-    layout = token_layout(mine, device)
-    delta = _delta_angles(mine, found, reencoder, reencoder.inv_freq(total_len), layout).to(device, torch.float64)
-    cos, sin = torch.cos(delta).float(), torch.sin(delta).float()  # (L_mine, R/2)
     entries = [found[b.key][0] for b in mine]
     length = sum(len(b.ids) for b in mine)
-    if rows is None or rows.shape[2] < length:
+    dst_freq = reencoder.inv_freq(total_len)
+    made = rows is None or rows.shape[2] < length
+    if made:
         e = entries[0]
         rows = torch.empty((e.shape[0], 2, length, e.shape[2], e.shape[4]), dtype=e.dtype, device=device)
-    gather_rotate(entries, rows, cos, sin, layout[0], layout[1])
+
+    def gather() -> None:
+        # Cached blocks stay at positions 0..L-1; the rows get keys rotated to the blocks' offsets and values, in
+        # one pass over the entries (kv/gather.py)
+        layout = token_layout(mine, device)
+        delta = _delta_angles(mine, found, reencoder, dst_freq, layout).to(device, torch.float64)
+        cos, sin = torch.cos(delta).float(), torch.sin(delta).float()  # (L_mine, R/2)
+        gather_rotate(entries, rows, cos, sin, layout[0], layout[1])
+
+    if (defer and not made and pages_usable(rows.dtype, device, rows.shape[4], reencoder.rotary_dim)
+            and all(torch.equal(f, dst_freq) for f in {id(f): f for f in (found[b.key][1] for b in mine)}.values())):
+        return ContextShard.in_rows(rows, length, pending=gather,
+                                    blocks=(entries, [b.offset for b in mine], dst_freq))
+    gather()
     return ContextShard.in_rows(rows, length)
 
 
@@ -249,7 +264,7 @@ class BlockMode(Mode):
         st = worker.mode_state(self.name, self.worker_state)
         total = len(req.context_ids) + len(req.query_ids)
         return encode_blocks(worker.model, req.blocks, worker.group.rank, st.store, st.reencoder, total,
-                             worker.pad_id, rows=worker.context_rows(req))
+                             worker.pad_id, rows=worker.context_rows(req), defer=worker.defers_context())
 
     def counters(self, worker):
         s = worker.mode_state(self.name, BlockWorkerState).store.stats

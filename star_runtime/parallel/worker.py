@@ -149,6 +149,12 @@ class Worker:
         return self.arenas.for_request(self.model, len(req.context_ids), len(req.query_ids), req.max_new_tokens,
                                        self.device).rows
 
+    def defers_context(self) -> bool:
+        """Whether phase 1 may leave moving cached KV into the arena until after the first token (a batch call
+        over an arena, whose query prefill then attends the cached entries in place; not a server's newcomer,
+        whose arena its scheduler hands over as it stands)."""
+        return self._arena_call is True
+
     def mode_state(self, name: str, factory):
         """This worker's state for mode ``name`` (e.g. block mode's store), made by factory(worker) once."""
         if name not in self._states:

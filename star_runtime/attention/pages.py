@@ -1,0 +1,249 @@
+"""A short query over cached blocks where they lie: no copy into a context, no key rotation.
+
+A block cached at positions 0..n-1 and placed at offset o of a prompt holds keys R(j) k_j; the prompt needs
+R(o + j) k_j. Rotations compose and are orthogonal, so q . R(o + j) k_j = (R(-o) q) . (R(j) k_j): rotating the
+*query* by -o, once per block, gives the scores of the re-encoded keys over the keys as stored (the exact
+trick of attention/rope.py moved from n keys to one query). So the first token of a cached-passage prompt can
+be computed before (or without) the context being gathered into one buffer (kv/gather.py). Exact in real
+arithmetic; in floating point the rotation rounds once on the query instead of once on every key.
+
+Pages: each block is cut into pages of at most CHUNK keys, and the query's own KV (in its arena, causal) is one
+more page. A split of the kernel walks every S-th page, rotating the query by the page's angle, and folds its
+keys into a running softmax; the S splits are merged by their log-sum-exp in fp32 (split_kv.merge_splits).
+
+Table (P, 7) int64 on the device, page p: the address of its layer-0 head-0 key (bytes), then in elements the
+layer stride, the key-to-value distance, the head stride, the token stride, its number of keys, and causal
+(1: query token t sees keys j <= t; 0: every key). Rotation (2, P, R/2) fp32: cos and sin of each page's
+angles (offset x inverse frequency, fp64 before rounding; 0 for the own page). Unused pages have no keys, so
+one table of P pages serves every request up to P (a CUDA graph keeps its buffers).
+
+Only full-width RoPE (rotary dims = head dim) and blocks encoded with the prompt's own frequencies take this
+path (``usable``); the rest are gathered and re-encoded key by key.
+
+q: (1, Hq, Tb, D) after the model's RoPE at the query's positions. Entries: (layers, 2, H_kv, n, D) contiguous.
+Own rows: (layers, 2, C, H_kv, D) contiguous (an Arena), the query's KV at slots [start, start + Tb).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .merge import merge_partials
+from .partial import partial_attention
+from .split_kv import merge_splits, splits_for, tiles
+
+CHUNK = 256  # keys per page
+
+
+def usable(dtype, device, head_dim: int, rotary_dim: int) -> bool:
+    """Whether the in-place path serves a model here: full-width RoPE, and on a GPU the Triton kernel for
+    half precision and head dims >= 32 (its half-width dots; the torch form, on the CPU, is not capturable in
+    a CUDA graph)."""
+    from .table import kernels_ok
+
+    if rotary_dim != head_dim:
+        return False
+    device = torch.device(device)
+    return device.type == "cpu" or (head_dim >= 32 and kernels_ok(dtype, device, head_dim))
+
+
+def pages_needed(lengths) -> int:
+    """Pages for blocks of these lengths plus the query's own page."""
+    return sum(-(-int(n) // CHUNK) for n in lengths) + 1
+
+
+def capacity_bucket(pages: int) -> int:
+    """Tables come in powers of two from 16 pages (one CUDA graph per bucket)."""
+    p = 16
+    while p < pages:
+        p *= 2
+    return p
+
+
+class PageTable:
+    """One request's pages in fixed buffers. ``fill`` names them; ``attend`` runs the query over them."""
+
+    def __init__(self, capacity: int, hkv: int, half: int, device, kernel: bool):
+        self.capacity, self.hkv, self.half, self.kernel = capacity, hkv, half, kernel
+        self.device = torch.device(device)
+        self.meta = torch.zeros((capacity, 7), dtype=torch.int64, device=self.device)
+        self.rot = torch.zeros((2, capacity, half), dtype=torch.float32, device=self.device)
+        self.parts: list = []  # the torch form's view of the same pages
+
+    def fill(self, entries: list[torch.Tensor], offsets: list[int], inv_freq: torch.Tensor, own: torch.Tensor,
+             start: int, own_len: int) -> None:
+        """entries[i] (layers, 2, H_kv, n_i, D) placed at offsets[i]; inv_freq (R/2,) the prompt's frequencies;
+        own (layers, 2, C, H_kv, D): the query's rows, its own KV at [start, start + own_len)."""
+        need = pages_needed([e.shape[3] for e in entries])
+        if need > self.capacity:
+            raise ValueError(f"{need} pages for a table of {self.capacity}")
+        freq = inv_freq.detach().double().cpu().numpy()
+        self.parts = [(e, o) for e, o in zip(entries, offsets)] + [(own, start, own_len)]
+        if not self.kernel:
+            self.freq = freq
+            return
+        if any(not e.is_contiguous() or e.dtype != own.dtype or e.device != own.device for e in entries):
+            raise ValueError("cached entries must be contiguous, in the rows' dtype and device")
+        _, _, cap, hkv, d = own.shape
+        elt = own.element_size()
+        n = np.array([e.shape[3] for e in entries], dtype=np.int64)
+        chunks = -(-n // CHUNK)
+        blk = np.repeat(np.arange(len(entries)), chunks)  # each page's block
+        c = np.arange(int(chunks.sum())) - np.repeat(np.cumsum(chunks) - chunks, chunks)  # its chunk in the block
+        p = len(blk)
+        meta = np.zeros((self.capacity, 7), dtype=np.int64)
+        nb = n[blk]
+        meta[:p, 0] = np.array([e.data_ptr() for e in entries], dtype=np.int64)[blk] + c * CHUNK * d * elt
+        meta[:p, 1], meta[:p, 2], meta[:p, 3], meta[:p, 4] = 2 * hkv * nb * d, hkv * nb * d, nb * d, d
+        meta[:p, 5] = np.minimum(CHUNK, nb - c * CHUNK)
+        meta[p] = (own.data_ptr() + start * hkv * d * elt, 2 * cap * hkv * d, cap * hkv * d, d, hkv * d, own_len, 1)
+        angle = np.zeros((self.capacity, self.half), dtype=np.float64)
+        angle[:p] = np.array(offsets, dtype=np.float64)[blk][:, None] * freq[None, :]
+        rot = np.stack((np.cos(angle), np.sin(angle))).astype(np.float32)
+        rot[0, p + 1:] = 1.0
+        self.meta.copy_(torch.from_numpy(meta))
+        self.rot.copy_(torch.from_numpy(rot))
+
+    def attend(self, layer: int, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (1, Hq, Tb, D) -> out (1, Hq, Tb, D) in q's dtype, lse (1, Hq, Tb) fp32."""
+        if self.kernel:
+            return _kernel_attend(self, layer, q, scale)
+        return _torch_attend(self, layer, q, scale)
+
+
+def rotate_query(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """q (..., D) fp32 rotated by minus the angles whose cos / sin (R/2,) are given, pairs (i, i + R/2)."""
+    h = cos.shape[-1]
+    q1, q2 = q[..., :h], q[..., h:2 * h]
+    return torch.cat((q1 * cos + q2 * sin, q2 * cos - q1 * sin, q[..., 2 * h:]), dim=-1)
+
+
+def _torch_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
+    """The same math on any device, block by block (fp32), merged by merge_partials."""
+    qf = q.float()
+    outs, lses = [], []
+    for part in table.parts[:-1]:
+        e, o = part
+        ang = torch.from_numpy(o * table.freq)
+        r = rotate_query(qf, torch.cos(ang).float().to(q.device), torch.sin(ang).float().to(q.device))
+        out, lse = partial_attention(r, e[layer, 0].unsqueeze(0).float(), e[layer, 1].unsqueeze(0).float(), scale)
+        outs.append(out.float())
+        lses.append(lse.float())
+    own, start, n = table.parts[-1]
+    k = own[layer, 0, start:start + n].transpose(0, 1).unsqueeze(0).float()
+    v = own[layer, 1, start:start + n].transpose(0, 1).unsqueeze(0).float()
+    out, lse = partial_attention(qf[:, :, :n], k, v, scale, causal=True)
+    pad = q.shape[2] - n
+    if pad:  # padding query rows: what they compute is never read
+        out = torch.cat((out.float(), torch.zeros_like(qf[:, :, n:])), dim=2)
+        lse = torch.cat((lse.float(), torch.zeros_like(qf[:, :, n:, 0])), dim=2)
+    outs.append(out.float())
+    lses.append(lse.float())
+    out, lse = merge_partials(torch.stack(outs), torch.stack(lses))
+    return out.to(q.dtype), lse
+
+
+_KERNEL: dict = {}
+_SCRATCH: dict = {}
+_SMS: dict = {}
+
+
+def _kernel():
+    if "k" in _KERNEL:
+        return _KERNEL["k"]
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def paged_kernel(Q, META, ROT, O, L, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h, TB, scale_log2,
+                     HKV: tl.constexpr, G: tl.constexpr, HALF: tl.constexpr, S: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        mt = tl.program_id(0)
+        s = tl.program_id(1)
+        h = tl.program_id(2)
+        rows = mt * BLOCK_M + tl.arange(0, BLOCK_M)  # folded row r = token t * G + head-in-group g
+        t = rows // G
+        g = rows % G
+        row_ok = t < TB
+        qh = h * G + g
+        dh = tl.arange(0, HALF)
+        qp = Q + qh[:, None] * sq_h + t[:, None] * sq_t + dh[None, :]
+        q1 = tl.load(qp, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        q2 = tl.load(qp + HALF, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_M,), tl.float32)
+        acc1 = tl.zeros((BLOCK_M, HALF), tl.float32)
+        acc2 = tl.zeros((BLOCK_M, HALF), tl.float32)
+        for p in range(s, P, S):
+            mp = META + p * 7
+            n = tl.load(mp + 5)  # 0 for an unused page: its loop is empty
+            base = tl.load(mp).to(tl.pointer_type(Q.dtype.element_ty))
+            kb = base + layer * tl.load(mp + 1) + h * tl.load(mp + 3)
+            vo = tl.load(mp + 2)
+            ts = tl.load(mp + 4)
+            causal = tl.load(mp + 6)
+            c = tl.load(ROT + p * HALF + dh)[None, :]
+            sn = tl.load(ROT + P * HALF + p * HALF + dh)[None, :]
+            r1 = (q1 * c + q2 * sn).to(Q.dtype.element_ty)  # the query rotated by minus the page's angles
+            r2 = (q2 * c - q1 * sn).to(Q.dtype.element_ty)
+            for start in range(0, n, BLOCK_N):
+                j = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
+                kmask = j < n
+                kp = kb + j[:, None] * ts + dh[None, :]
+                k1 = tl.load(kp, mask=kmask[:, None], other=0.0)
+                k2 = tl.load(kp + HALF, mask=kmask[:, None], other=0.0)
+                qk = (tl.dot(r1, tl.trans(k1)) + tl.dot(r2, tl.trans(k2))) * scale_log2
+                valid = kmask[None, :] & ((causal == 0) | (j[None, :] <= t[:, None]))
+                qk = tl.where(valid, qk, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(qk, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp2(m_i - m_safe)
+                pr = tl.exp2(qk - m_safe[:, None])
+                l_i = l_i * alpha + tl.sum(pr, 1)
+                v1 = tl.load(kp + vo, mask=kmask[:, None], other=0.0)
+                v2 = tl.load(kp + vo + HALF, mask=kmask[:, None], other=0.0)
+                pv = pr.to(v1.dtype)
+                acc1 = acc1 * alpha[:, None] + tl.dot(pv, v1)
+                acc2 = acc2 * alpha[:, None] + tl.dot(pv, v2)
+                m_i = m_new
+        seen = l_i > 0
+        inv = 1.0 / tl.where(seen, l_i, 1.0)
+        lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+        op = O + s * so_s + qh[:, None] * so_h + t[:, None] * so_t + dh[None, :]
+        tl.store(op, acc1 * inv[:, None], mask=row_ok[:, None])
+        tl.store(op + HALF, acc2 * inv[:, None], mask=row_ok[:, None])
+        tl.store(L + s * sl_s + qh * sl_h + t, lse, mask=row_ok)
+
+    _KERNEL["k"] = paged_kernel
+    return paged_kernel
+
+
+def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
+    _, hq, tb, d = q.shape
+    half = table.half
+    if 2 * half != d:
+        raise ValueError(f"head dim {d} with {2 * half} rotary dims: the in-place path needs full-width RoPE")
+    if q.stride(-1) != 1:
+        raise ValueError("the paged kernel needs a unit stride on the head dimension")
+    hkv = table.hkv
+    g = hq // hkv
+    rows = tb * g
+    block_m, block_n = tiles(rows, d)
+    n_mt = -(-rows // block_m)
+    dev = q.device
+    if dev not in _SMS:
+        _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 8
+    splits = min(table.capacity, splits_for(n_mt * hkv, table.capacity * CHUNK, _SMS[dev]))
+    key = (splits, hq, tb, d, dev)
+    if key not in _SCRATCH:
+        _SCRATCH[key] = (torch.empty((splits, hq, tb, d), dtype=torch.float32, device=dev),
+                         torch.empty((splits, hq, tb), dtype=torch.float32, device=dev))
+    o_part, l_part = _SCRATCH[key]
+    _kernel()[(n_mt, splits, hkv)](
+        q, table.meta, table.rot, o_part, l_part, layer, table.capacity, q.stride(1), q.stride(2),
+        o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1), tb,
+        scale * 1.4426950408889634, HKV=hkv, G=g, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
+        num_warps=4, num_stages=2)
+    out, lse = merge_splits(o_part, l_part, q.dtype)
+    return out.unsqueeze(0), lse.unsqueeze(0)
