@@ -2,7 +2,9 @@
 
 For each total length: passages of --passage tokens (random ids) and a final block of --final tokens.
 Cold: the passages are encoded (misses) and cached. Warm: the same passages in a new order (so every block
-is re-encoded to a new offset) hit the cache. Dense: an ordinary prefill of the whole prompt. TTFT = phase 1
+is re-encoded to a new offset) hit the cache; the first token attends them where they lie (attention/pages.py).
+Beside it: the same requests with the context gathered into the arena first (the earlier path), and the time to
+the second token (which waits for the deferred gather). Dense: an ordinary prefill of the whole prompt. TTFT = phase 1
 + the final block's forward to the first token. Writes JSON lines to --out and prints a table.
 
   python bench/bench_block_ttft.py --lengths 4096 8192 16384 32768 --out block.jsonl [--profile 32768]
@@ -87,6 +89,14 @@ def main():
             order = torch.randperm(n, generator=g).tolist()
             warm.append(run(worker, block_request(passages, final, order, mid)))
         assert all(w.cache["misses"] == 0 for w in warm)
+        # the same warm requests with the context gathered before the first token (the path the in-place one
+        # replaced), and two tokens: the second waits for the deferred gather
+        orders = [torch.randperm(n, generator=g).tolist() for _ in range(a.repeats)]
+        defers = worker.defers_context
+        worker.defers_context = lambda: False
+        gathered = [run(worker, block_request(passages, final, o, mid)) for o in orders]
+        worker.defers_context = defers
+        two = [run(worker, block_request(passages, final, o, mid, max_new=2)) for o in orders]
         dense = [run(worker, Request(0, [t for pp in passages for t in pp], final, 1, mode="dense"))
                  for _ in range(3)]
         ttft = lambda r: r.phase1_s + r.first_token_s  # noqa: E731
@@ -95,6 +105,8 @@ def main():
             "warm_ttft_ms": 1000 * statistics.median(ttft(w) for w in warm),
             "warm_phase1_ms": 1000 * statistics.median(w.phase1_s for w in warm),
             "warm_final_block_ms": 1000 * statistics.median(w.first_token_s for w in warm),
+            "gather_path_ttft_ms": 1000 * statistics.median(ttft(w) for w in gathered),
+            "second_token_ms": 1000 * statistics.median(ttft(w) + w.decode_s for w in two),
             "cold_ttft_ms": 1000 * ttft(cold),
             "dense_ttft_ms": 1000 * statistics.median(ttft(d) for d in dense),
             "card": card, "model": a.model, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
@@ -114,10 +126,11 @@ def main():
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18))
             print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))
     print(f"\n{'context':>8} {'warm TTFT ms':>12} {'(phase1':>8} {'final)':>7} {'floor ms':>9} {'/floor':>7} "
-          f"{'cold ms':>8} {'dense ms':>9} {'speedup':>8}")
+          f"{'gathered':>9} {'2nd tok':>8} {'cold ms':>8} {'dense ms':>9} {'speedup':>8}")
     for r in rows:
         print(f"{r['context']:>8} {r['warm_ttft_ms']:>12.2f} {r['warm_phase1_ms']:>8.2f} "
               f"{r['warm_final_block_ms']:>7.2f} {r['floor_ms']:>9.2f} {r['warm_vs_floor']:>6.2f}x "
+              f"{r['gather_path_ttft_ms']:>9.2f} {r['second_token_ms']:>8.2f} "
               f"{r['cold_ttft_ms']:>8.1f} {r['dense_ttft_ms']:>9.1f} {r['speedup_vs_dense']:>7.1f}x")
     if a.out:
         with open(a.out, "a") as f:

@@ -2,6 +2,10 @@
 kernel, for the two runtime calls (decode_partial: one token per row; prefill_partial: a question's query
 tokens after a context of cached passages), Llama-3-8B heads (32 query / 8 KV heads, D 128), bf16.
 
+For the question's query it also times attention/pages.py: the same query over the context as cached 512-token
+blocks where they lie (the query rotated per block, no gather), with the kernel's default tiles and the
+--page_configs tried beside them.
+
 Floor per row, measured in the same run: the KV bytes read once at the card's copy bandwidth
 (bench/floors.py), or the attention FLOPs at the dense bf16 matmul rate measured here, whichever is larger.
 Each call is timed as a CUDA-graph replay (as the runtime's steps run it). Prints a table and writes JSON
@@ -24,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import star_runtime.attention.partial as partial  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from floors import copy_bandwidth  # noqa: E402
+from star_runtime.attention.pages import PageTable, capacity_bucket, pages_needed  # noqa: E402
 
 
 def time_us(fn, n: int = 50, graph: bool = False) -> float:
@@ -59,6 +64,9 @@ def main():
     ap.add_argument("--cases", nargs="+", default=["1:1:32768", "1:1:131072", "16:1:4096", "1:50:8192",
                                                    "1:50:32768"],
                     help="rows:query_tokens:context_tokens")
+    ap.add_argument("--page_configs", nargs="*", default=["64:64:4:2", "64:64:4:3", "64:128:8:2", "64:32:4:2",
+                                                            "128:64:8:2", "32:64:4:2"],
+                    help="BLOCK_M:BLOCK_N:warps:stages of the in-place kernel to try")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     hq, hkv, d = 32, 8, 128
@@ -94,14 +102,36 @@ def main():
             partial._KERNEL = kernel
             row[f"{kernel}_us"] = round(time_us(call, graph=True), 1)
         partial._KERNEL = None
+        if t > 1:  # the same context as cached blocks of 512 tokens, attended where they lie
+            lens = [512] * (ctx // 512)
+            entries = [torch.randn(1, 2, hkv, n, d, device="cuda", dtype=torch.bfloat16) for n in lens]
+            own = torch.zeros(1, 2, c, hkv, d, device="cuda", dtype=torch.bfloat16)
+            table = PageTable(capacity_bucket(pages_needed(lens)), hkv, d // 2, "cuda", kernel=True)
+            inv = 1.0 / (500000.0 ** (torch.arange(0, d, 2).float() / d))
+            table.fill(entries, [512 * i for i in range(len(lens))], inv, own, ctx, tb)
+            row["paged_us"] = round(time_us(lambda: table.attend(0, q, d ** -0.5), graph=True), 1)
+            for conf in args.page_configs:
+                table.config = tuple(int(x) for x in conf.split(":"))
+                try:
+                    row[f"paged_{conf}"] = round(time_us(lambda: table.attend(0, q, d ** -0.5), graph=True), 1)
+                except Exception as e:  # noqa: BLE001 -- a tile shape this Triton cannot build: say so, go on
+                    row[f"paged_{conf}"] = f"{type(e).__name__}"
+            table.config = None
+            entries = own = table = None
         rows.append(row)
         q = k = v = call = None  # free the buffers before the next case
         torch.cuda.empty_cache()
-    print("\n| card | rows x query tokens | context | split-KV (us) | varlen flash (us) | floor (us) | split / floor |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| card | rows x query tokens | context | split-KV (us) | in place (us) | varlen flash (us) | floor (us) "
+          "| split / floor |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['card']} | {r['rows']} x {r['query_tokens']} | {r['context']} | {r['split_us']} | "
-              f"{r['flash_us']} | {r['floor_us']} | {r['split_us'] / r['floor_us']:.2f}x |")
+              f"{r.get('paged_us', '')} | {r['flash_us']} | {r['floor_us']} | {r['split_us'] / r['floor_us']:.2f}x |")
+    for r in rows:
+        tried = {k[6:]: v for k, v in r.items() if k.startswith("paged_") and k != "paged_us"}
+        if tried:
+            print(f"in place, {r['query_tokens']} tokens over {r['context']}: " +
+                  ", ".join(f"{k} {v}" for k, v in tried.items()))
     if args.out:
         with open(args.out, "w") as f:
             for r in rows:

@@ -70,6 +70,7 @@ class PageTable:
         self.meta = torch.zeros((capacity, 7), dtype=torch.int64, device=self.device)
         self.rot = torch.zeros((2, capacity, half), dtype=torch.float32, device=self.device)
         self.parts: list = []  # the torch form's view of the same pages
+        self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages) to try instead of split_kv.tiles
 
     def fill(self, entries: list[torch.Tensor], offsets: list[int], inv_freq: torch.Tensor, own: torch.Tensor,
              start: int, own_len: int) -> None:
@@ -230,6 +231,9 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
     g = hq // hkv
     rows = tb * g
     block_m, block_n = tiles(rows, d)
+    warps, stages = 4, 2
+    if table.config is not None:
+        block_m, block_n, warps, stages = table.config
     n_mt = -(-rows // block_m)
     dev = q.device
     if dev not in _SMS:
@@ -244,6 +248,6 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
         q, table.meta, table.rot, o_part, l_part, layer, table.capacity, q.stride(1), q.stride(2),
         o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1), tb,
         scale * 1.4426950408889634, HKV=hkv, G=g, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=4, num_stages=2)
+        num_warps=warps, num_stages=stages)
     out, lse = merge_splits(o_part, l_part, q.dtype)
     return out.unsqueeze(0), lse.unsqueeze(0)

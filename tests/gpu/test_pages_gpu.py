@@ -83,8 +83,10 @@ def test_first_token_in_place_replayed_over_other_requests_equals_the_gather_pat
                            keep_logits=True)
 
         orders = [list(range(14)), list(range(13, -1, -1)), [5, 13, 1, 12, 0, 2, 3, 4, 6, 7, 8, 9, 10, 11]]
-        w.run_batch([req(orders[0], 0)])  # every passage encoded and cached
-        paged = [w.run_batch([req(o, i)])[0] for i, o in enumerate(orders + orders[:1])]  # 1st uncaptured
+        cold = w.run_batch([req(orders[0], 0)])[0]  # every passage encoded; the bucket's first call: uncaptured
+        paged = [w.run_batch([req(o, i)])[0] for i, o in enumerate(orders + orders[:1])]  # captured, replayed
+        assert cold.cache["misses"] == 14 and cold.tokens == paged[0].tokens
+        assert (cold.logits[0] - paged[0].logits[0]).abs().max().item() < 1e-3
         keys = [k for a in w.arenas.pool for k in a.prefills]
         assert any(isinstance(k, tuple) and k[0] == "paged" for k in keys), keys
         assert paged[-1].tokens == paged[0].tokens  # the replay over the first request's pages again
