@@ -64,8 +64,8 @@ def main():
     ap.add_argument("--cases", nargs="+", default=["1:1:32768", "1:1:131072", "16:1:4096", "1:50:8192",
                                                    "1:50:32768"],
                     help="rows:query_tokens:context_tokens")
-    ap.add_argument("--page_configs", nargs="*", default=["64:64:4:2", "64:64:4:3", "64:128:8:2", "64:32:4:2",
-                                                            "128:64:8:2", "32:64:4:2"],
+    ap.add_argument("--page_configs", nargs="*", default=["64:64:4:2", "64:64:4:3", "64:64:8:2", "64:32:4:3",
+                                                            "128:64:8:2", "128:64:8:3", "64:128:8:2"],
                     help="BLOCK_M:BLOCK_N:warps:stages of the in-place kernel to try")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

@@ -62,7 +62,8 @@ CASES = [([300, 40, 512], 4, 2, 32, 5, 16), ([17], 6, 2, 32, 1, 1), ([100, 260, 
 def check(kernel):
     for i, (lens, hq, hkv, d, t, tb) in enumerate(CASES):
         entries, offs, inv, own, L, q, refs = case(lens, hq, hkv, d, t, tb, seed=i)
-        table = PageTable(2 * pages_needed(lens), hkv, d // 2, "cpu", kernel=kernel)  # unused pages too
+        chunk = 128 if i == 0 else 512  # the first case: blocks of several pages
+        table = PageTable(2 * pages_needed(lens, chunk), hkv, d // 2, "cpu", kernel=kernel, chunk=chunk)  # + unused
         table.fill(entries, offs, inv, own, L, tb)
         for layer, (ref, ref_lse) in enumerate(refs):
             out, lse = table.attend(layer, q, d ** -0.5)

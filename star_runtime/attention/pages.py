@@ -11,11 +11,11 @@ Pages: each block is cut into pages of at most CHUNK keys, and the query's own K
 more page. A split of the kernel walks every S-th page, rotating the query by the page's angle, and folds its
 keys into a running softmax; the S splits are merged by their log-sum-exp in fp32 (split_kv.merge_splits).
 
-Table (P, 7) int64 on the device, page p: the address of its layer-0 head-0 key (bytes), then in elements the
-layer stride, the key-to-value distance, the head stride, the token stride, its number of keys, and causal
-(1: query token t sees keys j <= t; 0: every key). Rotation (2, P, R/2) fp32: cos and sin of each page's
-angles (offset x inverse frequency, fp64 before rounding; 0 for the own page). Unused pages have no keys, so
-one table of P pages serves every request up to P (a CUDA graph keeps its buffers).
+Table (P + 1, 7) int64 on the device, page p < P: the address of its layer-0 head-0 key (bytes), then in
+elements the layer stride, the key-to-value distance, the head stride, the token stride, its number of keys,
+and causal (1: query token t sees keys j <= t; 0: every key); row P holds the number of pages in use. Rotation
+(2, P, R/2) fp32: cos and sin of each page's angles (offset x inverse frequency, fp64 before rounding; 0 for the
+own page). One table of P pages serves every request up to P (a CUDA graph keeps its buffers).
 
 Only full-width RoPE (rotary dims = head dim) and blocks encoded with the prompt's own frequencies take this
 path (``usable``); the rest are gathered and re-encoded key by key.
@@ -33,7 +33,7 @@ from .merge import merge_partials
 from .partial import partial_attention
 from .split_kv import merge_splits, splits_for, tiles
 
-CHUNK = 256  # keys per page
+CHUNK = 512  # keys per page at most
 
 
 def usable(dtype, device, head_dim: int, rotary_dim: int) -> bool:
@@ -48,9 +48,9 @@ def usable(dtype, device, head_dim: int, rotary_dim: int) -> bool:
     return device.type == "cpu" or (head_dim >= 32 and kernels_ok(dtype, device, head_dim))
 
 
-def pages_needed(lengths) -> int:
+def pages_needed(lengths, chunk: int = CHUNK) -> int:
     """Pages for blocks of these lengths plus the query's own page."""
-    return sum(-(-int(n) // CHUNK) for n in lengths) + 1
+    return sum(-(-int(n) // chunk) for n in lengths) + 1
 
 
 def capacity_bucket(pages: int) -> int:
@@ -64,10 +64,10 @@ def capacity_bucket(pages: int) -> int:
 class PageTable:
     """One request's pages in fixed buffers. ``fill`` names them; ``attend`` runs the query over them."""
 
-    def __init__(self, capacity: int, hkv: int, half: int, device, kernel: bool):
-        self.capacity, self.hkv, self.half, self.kernel = capacity, hkv, half, kernel
+    def __init__(self, capacity: int, hkv: int, half: int, device, kernel: bool, chunk: int = CHUNK):
+        self.capacity, self.hkv, self.half, self.kernel, self.chunk = capacity, hkv, half, kernel, chunk
         self.device = torch.device(device)
-        self.meta = torch.zeros((capacity, 7), dtype=torch.int64, device=self.device)
+        self.meta = torch.zeros((capacity + 1, 7), dtype=torch.int64, device=self.device)  # + the count row
         self.rot = torch.zeros((2, capacity, half), dtype=torch.float32, device=self.device)
         self.parts: list = []  # the torch form's view of the same pages
         self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages) to try instead of split_kv.tiles
@@ -76,7 +76,7 @@ class PageTable:
              start: int, own_len: int) -> None:
         """entries[i] (layers, 2, H_kv, n_i, D) placed at offsets[i]; inv_freq (R/2,) the prompt's frequencies;
         own (layers, 2, C, H_kv, D): the query's rows, its own KV at [start, start + own_len)."""
-        need = pages_needed([e.shape[3] for e in entries])
+        need = pages_needed([e.shape[3] for e in entries], self.chunk)
         if need > self.capacity:
             raise ValueError(f"{need} pages for a table of {self.capacity}")
         freq = inv_freq.detach().double().cpu().numpy()
@@ -89,16 +89,18 @@ class PageTable:
         _, _, cap, hkv, d = own.shape
         elt = own.element_size()
         n = np.array([e.shape[3] for e in entries], dtype=np.int64)
-        chunks = -(-n // CHUNK)
+        chunk = self.chunk
+        chunks = -(-n // chunk)
         blk = np.repeat(np.arange(len(entries)), chunks)  # each page's block
         c = np.arange(int(chunks.sum())) - np.repeat(np.cumsum(chunks) - chunks, chunks)  # its chunk in the block
         p = len(blk)
-        meta = np.zeros((self.capacity, 7), dtype=np.int64)
+        meta = np.zeros((self.capacity + 1, 7), dtype=np.int64)
         nb = n[blk]
-        meta[:p, 0] = np.array([e.data_ptr() for e in entries], dtype=np.int64)[blk] + c * CHUNK * d * elt
+        meta[:p, 0] = np.array([e.data_ptr() for e in entries], dtype=np.int64)[blk] + c * chunk * d * elt
         meta[:p, 1], meta[:p, 2], meta[:p, 3], meta[:p, 4] = 2 * hkv * nb * d, hkv * nb * d, nb * d, d
-        meta[:p, 5] = np.minimum(CHUNK, nb - c * CHUNK)
+        meta[:p, 5] = np.minimum(chunk, nb - c * chunk)
         meta[p] = (own.data_ptr() + start * hkv * d * elt, 2 * cap * hkv * d, cap * hkv * d, d, hkv * d, own_len, 1)
+        meta[self.capacity, 0] = p + 1
         angle = np.zeros((self.capacity, self.half), dtype=np.float64)
         angle[:p] = np.array(offsets, dtype=np.float64)[blk][:, None] * freq[None, :]
         rot = np.stack((np.cos(angle), np.sin(angle))).astype(np.float32)
@@ -158,7 +160,7 @@ def _kernel():
 
     @triton.jit
     def paged_kernel(Q, META, ROT, O, L, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h, TB, scale_log2,
-                     HKV: tl.constexpr, G: tl.constexpr, HALF: tl.constexpr, S: tl.constexpr,
+                     HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, S: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         mt = tl.program_id(0)
         s = tl.program_id(1)
@@ -168,33 +170,34 @@ def _kernel():
         g = rows % G
         row_ok = t < TB
         qh = h * G + g
-        dh = tl.arange(0, HALF)
-        qp = Q + qh[:, None] * sq_h + t[:, None] * sq_t + dh[None, :]
-        q1 = tl.load(qp, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        q2 = tl.load(qp + HALF, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        d = tl.arange(0, D)
+        qp = Q + qh[:, None] * sq_h + t[:, None] * sq_t
+        q = tl.load(qp + d[None, :], mask=row_ok[:, None], other=0.0)
+        q_sw = tl.load(qp + ((d + HALF) % D)[None, :], mask=row_ok[:, None], other=0.0)  # halves swapped
+        half = d % HALF
+        sign = tl.where(d < HALF, 1.0, -1.0)[None, :]
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
-        acc1 = tl.zeros((BLOCK_M, HALF), tl.float32)
-        acc2 = tl.zeros((BLOCK_M, HALF), tl.float32)
-        for p in range(s, P, S):
+        acc = tl.zeros((BLOCK_M, D), tl.float32)
+        count = tl.load(META + P * 7)  # pages in use; the rest of the table is not read
+        for p in range(s, count, S):
             mp = META + p * 7
-            n = tl.load(mp + 5)  # 0 for an unused page: its loop is empty
+            n = tl.load(mp + 5)
             base = tl.load(mp).to(tl.pointer_type(Q.dtype.element_ty))
             kb = base + layer * tl.load(mp + 1) + h * tl.load(mp + 3)
             vo = tl.load(mp + 2)
             ts = tl.load(mp + 4)
             causal = tl.load(mp + 6)
-            c = tl.load(ROT + p * HALF + dh)[None, :]
-            sn = tl.load(ROT + P * HALF + p * HALF + dh)[None, :]
-            r1 = (q1 * c + q2 * sn).to(Q.dtype.element_ty)  # the query rotated by minus the page's angles
-            r2 = (q2 * c - q1 * sn).to(Q.dtype.element_ty)
+            c = tl.load(ROT + p * HALF + half)[None, :]
+            sn = tl.load(ROT + P * HALF + p * HALF + half)[None, :] * sign
+            # the query rotated by minus the page's angles: (q1 c + q2 s, q2 c - q1 s)
+            r = (q.to(tl.float32) * c + q_sw.to(tl.float32) * sn).to(Q.dtype.element_ty)
             for start in range(0, n, BLOCK_N):
                 j = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
                 kmask = j < n
-                kp = kb + j[:, None] * ts + dh[None, :]
-                k1 = tl.load(kp, mask=kmask[:, None], other=0.0)
-                k2 = tl.load(kp + HALF, mask=kmask[:, None], other=0.0)
-                qk = (tl.dot(r1, tl.trans(k1)) + tl.dot(r2, tl.trans(k2))) * scale_log2
+                kp = kb + j[:, None] * ts + d[None, :]
+                k = tl.load(kp, mask=kmask[:, None], other=0.0)
+                qk = tl.dot(r, tl.trans(k)) * scale_log2
                 valid = kmask[None, :] & ((causal == 0) | (j[None, :] <= t[:, None]))
                 qk = tl.where(valid, qk, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -202,18 +205,13 @@ def _kernel():
                 alpha = tl.exp2(m_i - m_safe)
                 pr = tl.exp2(qk - m_safe[:, None])
                 l_i = l_i * alpha + tl.sum(pr, 1)
-                v1 = tl.load(kp + vo, mask=kmask[:, None], other=0.0)
-                v2 = tl.load(kp + vo + HALF, mask=kmask[:, None], other=0.0)
-                pv = pr.to(v1.dtype)
-                acc1 = acc1 * alpha[:, None] + tl.dot(pv, v1)
-                acc2 = acc2 * alpha[:, None] + tl.dot(pv, v2)
+                v = tl.load(kp + vo, mask=kmask[:, None], other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
                 m_i = m_new
         seen = l_i > 0
-        inv = 1.0 / tl.where(seen, l_i, 1.0)
+        out = acc / tl.where(seen, l_i, 1.0)[:, None]
         lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-        op = O + s * so_s + qh[:, None] * so_h + t[:, None] * so_t + dh[None, :]
-        tl.store(op, acc1 * inv[:, None], mask=row_ok[:, None])
-        tl.store(op + HALF, acc2 * inv[:, None], mask=row_ok[:, None])
+        tl.store(O + s * so_s + qh[:, None] * so_h + t[:, None] * so_t + d[None, :], out, mask=row_ok[:, None])
         tl.store(L + s * sl_s + qh * sl_h + t, lse, mask=row_ok)
 
     _KERNEL["k"] = paged_kernel
@@ -247,7 +245,7 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
     _kernel()[(n_mt, splits, hkv)](
         q, table.meta, table.rot, o_part, l_part, layer, table.capacity, q.stride(1), q.stride(2),
         o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1), tb,
-        scale * 1.4426950408889634, HKV=hkv, G=g, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
+        scale * 1.4426950408889634, HKV=hkv, G=g, D=d, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=warps, num_stages=stages)
     out, lse = merge_splits(o_part, l_part, q.dtype)
     return out.unsqueeze(0), lse.unsqueeze(0)

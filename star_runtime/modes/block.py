@@ -170,11 +170,18 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
         gather_rotate(entries, rows, cos, sin, layout[0], layout[1])
 
     if (defer and not made and pages_usable(rows.dtype, device, rows.shape[4], reencoder.rotary_dim)
-            and all(torch.equal(f, dst_freq) for f in {id(f): f for f in (found[b.key][1] for b in mine)}.values())):
+            and _same_freq([found[b.key][1] for b in mine], dst_freq)):
         return ContextShard.in_rows(rows, length, pending=gather,
                                     blocks=(entries, [b.offset for b in mine], dst_freq))
     gather()
     return ContextShard.in_rows(rows, length)
+
+
+def _same_freq(freqs: list[torch.Tensor], dst_freq: torch.Tensor) -> bool:
+    """Whether every block was encoded with the prompt's own frequencies (stored ones live on the CPU; blocks
+    encoded together share one tensor, compared once)."""
+    dst = dst_freq.cpu()
+    return all(torch.equal(f.cpu(), dst) for f in {id(f): f for f in freqs}.values())
 
 
 def _delta_angles(mine: list[BlockSpec], found: dict, reencoder: RopeReencoder, dst_freq, layout):

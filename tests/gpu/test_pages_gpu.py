@@ -61,7 +61,8 @@ def test_paged_kernel_at_model_shapes_against_fp64_and_the_gather_path(lens):
         lerr = (lse[0, :, :t].double() - ref_lse[:, :t]).abs().max().item()
         assert err < 2e-2 and lerr < 2e-2, (err, lerr)
         assert err < 2 * gerr + 2e-3, (err, gerr)  # no worse than the path it replaces
-        assert (lse[0, :, :t] - glse[0, :, :t]).abs().max().item() < 2e-2
+        glerr = (glse[0, :, :t].double() - ref_lse[:, :t]).abs().max().item()
+        assert lerr < 2 * glerr + 2e-3, (lerr, glerr)
 
 
 def test_first_token_in_place_replayed_over_other_requests_equals_the_gather_path():
