@@ -11,9 +11,9 @@ Pages: each block is cut into pages of at most CHUNK keys, and the query's own K
 more page. A split of the kernel walks every S-th page, rotating the query by the page's angle, and folds its
 keys into a running softmax; the S splits are merged by their log-sum-exp in fp32 (split_kv.merge_splits).
 
-Table (P + 1, 7) int64 on the device, page p < P: the address of its layer-0 head-0 key (bytes), then in
-elements the layer stride, the key-to-value distance, the head stride, the token stride, its number of keys,
-and causal (1: query token t sees keys j <= t; 0: every key); row P holds the number of pages in use. Rotation
+Table (P + 1, 7) int64 on the device, page p < P, all in elements: the offset of its layer-0 head-0 key from
+the own rows' first element (the kernel's base pointer; a multiple of 8, as CUDA allocations are aligned), the
+layer stride, the key-to-value distance, the head stride, the token stride, its number of keys, and causal (1: query token t sees keys j <= t; 0: every key); row P holds the number of pages in use. Rotation
 (2, P, R/2) fp32: cos and sin of each page's angles (offset x inverse frequency, fp64 before rounding; 0 for the
 own page). One table of P pages serves every request up to P (a CUDA graph keeps its buffers).
 
@@ -96,10 +96,15 @@ class PageTable:
         p = len(blk)
         meta = np.zeros((self.capacity + 1, 7), dtype=np.int64)
         nb = n[blk]
-        meta[:p, 0] = np.array([e.data_ptr() for e in entries], dtype=np.int64)[blk] + c * chunk * d * elt
+        # addresses as element offsets from the own rows (the kernel's base pointer), 16-byte aligned
+        ptrs = np.array([e.data_ptr() for e in entries] + [own.data_ptr()], dtype=np.int64) - own.data_ptr()
+        if np.any(ptrs % 16):
+            raise ValueError("cached entries must start on 16-byte boundaries")
+        self.kv = own
+        meta[:p, 0] = (ptrs[:-1] // elt)[blk] + c * chunk * d
         meta[:p, 1], meta[:p, 2], meta[:p, 3], meta[:p, 4] = 2 * hkv * nb * d, hkv * nb * d, nb * d, d
         meta[:p, 5] = np.minimum(chunk, nb - c * chunk)
-        meta[p] = (own.data_ptr() + start * hkv * d * elt, 2 * cap * hkv * d, cap * hkv * d, d, hkv * d, own_len, 1)
+        meta[p] = (start * hkv * d, 2 * cap * hkv * d, cap * hkv * d, d, hkv * d, own_len, 1)
         meta[self.capacity, 0] = p + 1
         angle = np.zeros((self.capacity, self.half), dtype=np.float64)
         angle[:p] = np.array(offsets, dtype=np.float64)[blk][:, None] * freq[None, :]
@@ -159,7 +164,7 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def paged_kernel(Q, META, ROT, O, L, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h, TB, scale_log2,
+    def paged_kernel(Q, KV, META, ROT, O, L, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h, TB, scale_log2,
                      HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, S: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         mt = tl.program_id(0)
@@ -183,10 +188,11 @@ def _kernel():
         for p in range(s, count, S):
             mp = META + p * 7
             n = tl.load(mp + 5)
-            base = tl.load(mp).to(tl.pointer_type(Q.dtype.element_ty))
-            kb = base + layer * tl.load(mp + 1) + h * tl.load(mp + 3)
-            vo = tl.load(mp + 2)
-            ts = tl.load(mp + 4)
+            # offsets in elements from KV, each a multiple of 8 (16 bytes): the loads below are vectorized
+            kb = (KV + tl.multiple_of(tl.load(mp), 8) + layer * tl.multiple_of(tl.load(mp + 1), 8)
+                  + h * tl.multiple_of(tl.load(mp + 3), 8))
+            vo = tl.multiple_of(tl.load(mp + 2), 8)
+            ts = tl.multiple_of(tl.load(mp + 4), 8)
             causal = tl.load(mp + 6)
             c = tl.load(ROT + p * HALF + half)[None, :]
             sn = tl.load(ROT + P * HALF + p * HALF + half)[None, :] * sign
@@ -243,7 +249,7 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
                          torch.empty((splits, hq, tb), dtype=torch.float32, device=dev))
     o_part, l_part = _SCRATCH[key]
     _kernel()[(n_mt, splits, hkv)](
-        q, table.meta, table.rot, o_part, l_part, layer, table.capacity, q.stride(1), q.stride(2),
+        q, table.kv, table.meta, table.rot, o_part, l_part, layer, table.capacity, q.stride(1), q.stride(2),
         o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1), tb,
         scale * 1.4426950408889634, HKV=hkv, G=g, D=d, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=warps, num_stages=stages)

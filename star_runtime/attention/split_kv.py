@@ -85,8 +85,9 @@ def _kernels():
         q = tl.load(Q + a * sq_a + qh[:, None] * sq_h + t[:, None] * sq_t + d[None, :], mask=row_ok[:, None],
                     other=0.0)
         if PAGED:  # row a's keys and values: the buffers whose addresses the table holds for this layer
-            kp = tl.load(TAB + (layer * 2) * n_tab + a).to(tl.pointer_type(K.dtype.element_ty))
-            vp = tl.load(TAB + (layer * 2 + 1) * n_tab + a).to(tl.pointer_type(V.dtype.element_ty))
+            # element offsets from K (= V), multiples of 8 (16-byte aligned buffers): vectorized loads
+            kp = K + tl.multiple_of(tl.load(TAB + (layer * 2) * n_tab + a), 8)
+            vp = V + tl.multiple_of(tl.load(TAB + (layer * 2 + 1) * n_tab + a), 8)
         else:
             kp = K + a * sk_a
             vp = V + a * sv_a
@@ -163,11 +164,12 @@ def split_kv_attention(q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tens
 
 
 def table_attention(q: torch.Tensor, table: torch.Tensor, layer: int, base: torch.Tensor, hkv: int, scale: float,
-                    splits: int | None = None, fp32_out: bool = False, keys: int = 65536
+                    origin: torch.Tensor, splits: int | None = None, fp32_out: bool = False, keys: int = 65536
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """split_kv_attention where each row's keys and values lie in a buffer of their own (attention/table.py):
-    row a of layer ``layer`` reads the token-major (C_a, Hkv, D) planes at the addresses table[layer, 0, a] /
-    table[layer, 1, a]. table: (layers, 2, A) int64 on the device, buffers in q's dtype; the caller keeps
+    row a of layer ``layer`` reads the token-major (C_a, Hkv, D) planes that start table[layer, 0, a] /
+    table[layer, 1, a] elements after origin's first (multiples of 8). table: (layers, 2, A) int64 on the
+    device, buffers in q's dtype; the caller keeps
     base[a] + Tb <= C_a (no capacity is checked). keys: the longest rows expected, for the split count only
     (a CUDA graph keeps the count it was captured with). The same math and results as split_kv_attention
     over a copy of the rows into one batch; the addresses are read on the device, so a CUDA graph replays over
@@ -176,7 +178,7 @@ def table_attention(q: torch.Tensor, table: torch.Tensor, layer: int, base: torc
     strides = (0, hkv * d, d, 0, hkv * d, d)
     if splits is None:
         splits = _splits(q, hkv, keys)
-    return _attend(q, q, q, table, layer, 1 << 30, hkv, strides, base, scale, splits, fp32_out)
+    return _attend(q, origin, origin, table, layer, 1 << 30, hkv, strides, base, scale, splits, fp32_out)
 
 
 def _splits(q, hkv, keys):

@@ -5,7 +5,8 @@ sequence joining or leaving rewrites only the table. A CUDA graph captured over 
 buffers the table names at the time.
 
 Buffers: rows (layers, 2, C_a, H_kv, D) contiguous, row a's own capacity C_a. Table: (layers, 2, A) int64 on the
-device, the address of rows[layer, s] of row a's buffer. A row without a sequence points at a small spare buffer
+device, where rows[layer, s] of row a's buffer starts, in elements after the spare buffer's first (the kernels'
+base pointer: offsets the compiler knows are 16-byte multiples, so its loads and stores are vectorized). A row without a sequence points at a small spare buffer
 (what it computes is never read). Positions: base (A,) on the device, the slot of each row's first new token.
 """
 
@@ -56,7 +57,10 @@ class KVTable:
             if (not r.is_contiguous() or r.dtype != self.spare.dtype or r.device != self.device
                     or r.shape[0] != self.layers or r.shape[3:] != (self.hkv, self.d)):
                 raise ValueError(f"row {a}: a buffer of shape {tuple(r.shape)} / {r.dtype} does not fit the table")
-            host[:, :, a] = r.data_ptr() + planes * (r.shape[2] * self.hkv * self.d * r.element_size())
+            start = r.data_ptr() - self.spare.data_ptr()
+            if start % 16:
+                raise ValueError(f"row {a}: a buffer not on a 16-byte boundary")
+            host[:, :, a] = start // r.element_size() + planes * (r.shape[2] * self.hkv * self.d)
         self.table.copy_(host)
         self.buffers, self.named = list(buffers), named
 
@@ -73,7 +77,7 @@ class KVTable:
         t = k.shape[2]
         if (self.kernel and k.dtype == v.dtype == self.spare.dtype and k.stride(-1) == 1 and v.stride(-1) == 1):
             kern = _write_kernel()
-            kern[(self.size * t, self.hkv)](k, v, self.table, base, layer, self.size,
+            kern[(self.size * t, self.hkv)](k, v, self.spare, self.table, base, layer, self.size,
                                             k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
                                             v.stride(2), t, HKV=self.hkv, D=self.d, num_warps=1)
             return
@@ -89,7 +93,7 @@ class KVTable:
         """q: (A, Hq, T, D); token t of row a sees slots < base[a] + t + 1 of its buffer. Returns out (A, Hq,
         T, D) in q's dtype and lse (A, Hq, T) fp32."""
         if self.kernel:
-            return table_attention(q, self.table, layer, base, self.hkv, scale)
+            return table_attention(q, self.table, layer, base, self.hkv, scale, self.spare)
         outs, lses = [], []
         t = q.shape[2]
         for a in range(self.size):
@@ -150,7 +154,7 @@ def _write_kernel():
     import triton.language as tl
 
     @triton.jit
-    def table_write(KN, VN, TAB, BASE, layer, n_tab, sk_a, sk_h, sk_t, sv_a, sv_h, sv_t, T,
+    def table_write(KN, VN, ORIGIN, TAB, BASE, layer, n_tab, sk_a, sk_h, sk_t, sv_a, sv_h, sv_t, T,
                     HKV: tl.constexpr, D: tl.constexpr):
         at = tl.program_id(0)  # row a, new token t
         h = tl.program_id(1)
@@ -158,8 +162,8 @@ def _write_kernel():
         t = at % T
         slot = tl.load(BASE + a).to(tl.int64) + t
         d = tl.arange(0, D)
-        kp = tl.load(TAB + (layer * 2) * n_tab + a).to(tl.pointer_type(KN.dtype.element_ty))
-        vp = tl.load(TAB + (layer * 2 + 1) * n_tab + a).to(tl.pointer_type(VN.dtype.element_ty))
+        kp = ORIGIN + tl.multiple_of(tl.load(TAB + (layer * 2) * n_tab + a), 8)
+        vp = ORIGIN + tl.multiple_of(tl.load(TAB + (layer * 2 + 1) * n_tab + a), 8)
         dst = slot * HKV * D + h * D + d
         tl.store(kp + dst, tl.load(KN + a * sk_a + h * sk_h + t * sk_t + d))
         tl.store(vp + dst, tl.load(VN + a * sv_a + h * sv_h + t * sv_t + d))

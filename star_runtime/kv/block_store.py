@@ -83,6 +83,7 @@ class BlockStore:
         self.lru = {"device": OrderedDict(), "cpu": OrderedDict()}  # key -> Entry, oldest first
         self.stats = StoreStats()
         self.gone: list[str] = []
+        self._freqs: dict[bytes, torch.Tensor] = {}  # every entry of one frequency set shares one tensor
         self.disk = DiskTier(Path(disk_dir), int(disk_bytes), expect, dtype, notice) if disk_dir else None
 
     # -- lookups ---------------------------------------------------------------------------------------
@@ -115,6 +116,7 @@ class BlockStore:
         if key in self.lru["device"] or key in self.lru["cpu"]:
             return
         inv_freq = inv_freq.detach().float().cpu()
+        inv_freq = self._freqs.setdefault(inv_freq.numpy().tobytes(), inv_freq)  # one tensor per frequency set
         self._insert(key, Entry(kv, inv_freq, kv.numel() * kv.element_size()), "device")
         if self.disk is not None:
             self.disk.put(key, kv, inv_freq)

@@ -150,9 +150,12 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
             store.stats.repeat_tokens += len(b.ids)
     missing = list({b.key: b for b in mine if found[b.key] is None}.values())
     if missing:
+        on_cpu = {}  # the batch's blocks share one frequency tensor: one copy
         for b, (kv, freq) in zip(missing, encode_new_blocks(model, missing, reencoder, device, pad_id, total_len)):
             store.put(b.key, kv, freq)
-            found[b.key] = (kv, freq.cpu())
+            if id(freq) not in on_cpu:
+                on_cpu[id(freq)] = freq.cpu()
+            found[b.key] = (kv, on_cpu[id(freq)])
     entries = [found[b.key][0] for b in mine]
     length = sum(len(b.ids) for b in mine)
     dst_freq = reencoder.inv_freq(total_len)
@@ -170,7 +173,7 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
         gather_rotate(entries, rows, cos, sin, layout[0], layout[1])
 
     if (defer and not made and pages_usable(rows.dtype, device, rows.shape[4], reencoder.rotary_dim)
-            and _same_freq([found[b.key][1] for b in mine], dst_freq)):
+            and all(e.data_ptr() % 16 == 0 for e in entries) and _same_freq([found[b.key][1] for b in mine], dst_freq)):
         return ContextShard.in_rows(rows, length, pending=gather,
                                     blocks=(entries, [b.offset for b in mine], dst_freq))
     gather()
