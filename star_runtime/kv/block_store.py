@@ -89,12 +89,15 @@ class BlockStore:
     # -- lookups ---------------------------------------------------------------------------------------
     def get(self, key: str, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(kv on the device, inv_freq) for a stored block, moved to the device tier; None on a miss."""
-        for tier in ("device", "cpu"):
-            entry = self.lru[tier].pop(key, None)
-            if entry is None:
-                continue
-            self.used[tier] -= entry.nbytes
-            self._hit(tier, num_tokens)
+        entry = self.lru["device"].get(key)
+        if entry is not None:  # the common warm case: it only becomes the most recent
+            self.lru["device"].move_to_end(key)
+            self._hit("device", num_tokens)
+            return entry.kv, entry.inv_freq
+        entry = self.lru["cpu"].pop(key, None)
+        if entry is not None:
+            self.used["cpu"] -= entry.nbytes
+            self._hit("cpu", num_tokens)
             kv = entry.kv.to(self.device)
             entry.kv = kv
             self._insert(key, entry, "device")  # an entry larger than the device tier lands lower: kv stays here
