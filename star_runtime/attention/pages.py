@@ -235,7 +235,7 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
     g = hq // hkv
     rows = tb * g
     block_m, block_n = tiles(rows, d)
-    warps, stages = 4, 2
+    warps, stages = 4, 3  # 64 x 64 tiles, 3 stages: 59 / 163 us at 8K / 32K (H200; 2 stages 62 / 174)
     if table.config is not None:
         block_m, block_n, warps, stages = table.config
     n_mt = -(-rows // block_m)
