@@ -37,6 +37,7 @@ from .table_step import TableStep
 
 EOS, STOP_WORD = 1, 2
 DYNAMIC_ROPE = ("dynamic", "longrope")
+PAGES_WARM = 256  # page capacities a block server captures its in-place query prefills for (contexts to ~128K)
 
 
 # -- KV of the query and generated tokens (query host) ----------------------------------------------------
@@ -818,19 +819,23 @@ class Sequences:
         self.model, self.group, self.eos, self.layers, self.decode = model, group, eos, layers, decode
         self.seqs: dict[int, Sequence] = {}
         self.arenas: dict[int, Arena] = {}  # sequences that live in an Arena's rows
-        self.steps: dict[tuple[int, int], TableStep] = {}  # (rows, tokens) -> its TableStep
+        self.steps: dict[tuple[int, int, int], TableStep] = {}  # (rows, tokens, pages) -> its TableStep
+        self.unsettled: dict[int, ContextShard] = {}  # newcomers' contexts still to gather into their arenas
         self.last_path = "batch"  # how the last step ran: "table" (TableStep) or "batch" (eager)
         self._kernels_ok: bool | None = None  # the table kernels serve this model here (GPU; made once)
 
-    def table_step(self, rows: int, tb: int) -> TableStep:
-        key = (rows, tb)
+    def table_step(self, rows: int, tb: int, pages: int = 0) -> TableStep:
+        """The TableStep of ``rows`` x ``tb`` tokens (pages: a query prefill over cached blocks in place, with
+        a page table of that capacity)."""
+        key = (rows, tb, pages)
         if key not in self.steps:
-            self.steps[key] = TableStep(self.model, rows, tb, self.layers, self.decode == "graph")
+            self.steps[key] = TableStep(self.model, rows, tb, self.layers, self.decode == "graph", pages)
         return self.steps[key]
 
-    def warm(self, max_batch: int) -> None:
+    def warm(self, max_batch: int, pages: bool = False) -> None:
         """Capture every decode bucket up to max_batch rows and the query buckets up to ROWS_SPLIT_TOKENS before
-        serving, so no request waits for a capture (graph decode on a capturable model only)."""
+        serving, so no request waits for a capture (graph decode on a capturable model only). pages: also the
+        query buckets over cached blocks in place, for page capacities up to PAGES_WARM (block mode)."""
         if self.decode != "graph" or not graph_capturable(self.model) or self.group.world_size != 1:
             return
         for rows in batch_buckets(max_batch):
@@ -838,6 +843,10 @@ class Sequences:
         tb = 16
         while tb <= ROWS_SPLIT_TOKENS:
             self.table_step(1, tb).capture()
+            cap = capacity_bucket(1)
+            while pages and cap <= PAGES_WARM:
+                self.table_step(1, tb, cap).capture()
+                cap *= 2
             tb *= 2
 
     def _forward(self, ids: list[int], tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -887,14 +896,31 @@ class Sequences:
         with rope_frame(self.model, start + query.numel()):  # the prompt's frequencies, as phase 1 had them
             return self._decide([sid], self._forward([sid], query.unsqueeze(0), pos))[0]
 
-    def table_prefill(self, arena: "Arena", query: list[int], start: int) -> torch.Tensor | None:
+    def table_prefill(self, arena: "Arena", query: list[int], start: int, shard: ContextShard | None = None,
+                      sid: int | None = None) -> torch.Tensor | None:
         """The query (T tokens, T <= ROWS_SPLIT_TOKENS) of a newcomer whose context is in ``arena`` at [0,
         start), by the TableStep of its query bucket: its KV lands at [start, start + T). Returns the logits
-        (1, V) of its last token, or None where the table path does not apply (the caller prefills otherwise)."""
+        (1, V) of its last token, or None where the table path does not apply (the caller prefills otherwise).
+        shard: the newcomer's context (sequence ``sid``); one whose gather phase 1 deferred (``blocks``) is
+        attended in place and gathered into the arena before the next decode step (``_settle``), unless the
+        sequence is removed first (its arena may then serve another)."""
         t = len(query)
         if not (self._table_ok() and t <= ROWS_SPLIT_TOKENS):
             return None
+        if shard is not None and shard.blocks is not None:
+            cap = capacity_bucket(pages_needed([e.shape[3] for e in shard.blocks[0]]))
+            logits = self.table_step(1, query_bucket(t), cap)([arena.rows], [query], [start], t - 1, shard.blocks)
+            self.unsettled[sid] = shard
+            return logits
+        if shard is not None:
+            shard.settle()
         return self.table_step(1, query_bucket(t))([arena.rows], [query], [start], t - 1)
+
+    def _settle(self) -> None:
+        """Gather the contexts newcomers' first tokens read in place into their arenas (before any step reads
+        the arenas)."""
+        while self.unsettled:
+            self.unsettled.popitem()[1].settle()
 
     def _table_ok(self) -> bool:
         """One worker, fixed-shape steps, a capturable RoPE, and on a GPU the table's kernels (a GPU without them,
@@ -951,6 +977,7 @@ class Sequences:
         sharing RoPE frequencies (one group but for LongRoPE models with sequences on both sides of the
         switch)."""
         tick()
+        self._settle()
         if self._on_table(ids):
             for i in ids:
                 self._fold(i)
@@ -986,6 +1013,7 @@ class Sequences:
 
     def remove(self, sid: int) -> None:
         self.seqs.pop(sid, None)
+        self.unsettled.pop(sid, None)  # never gathered: its arena is free for others
         arena = self.arenas.pop(sid, None)
         if arena is not None:
             arena.busy = False

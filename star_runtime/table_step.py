@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .attention.hooks import attention_state
+from .attention.pages import PageTable
 from .attention.table import KVTable
 from .fused import compiled_layers
 from .models.loader import head_dim, text_config
@@ -29,11 +30,28 @@ class TableAttention:
         return out.to(q.dtype)
 
 
+class TablePagesAttention(TableAttention):
+    """A newcomer's query (A = 1) whose context is still the cached blocks where they lie: its KV is written
+    through the table as TableAttention writes it, and it attends the blocks in place and itself causally
+    through a PageTable (attention/pages.py) whose offsets count from the table's spare buffer, so one graph
+    serves every arena."""
+
+    def __init__(self, table: KVTable, base: torch.Tensor, pages):
+        super().__init__(table, base)
+        self.pages = pages
+
+    def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
+        self.table.write(layer, k, v, self.base)
+        out, _ = self.pages.attend(layer, q, scale)
+        return out.to(q.dtype)
+
+
 class TableStep:
     """tokens (A, Tb) at positions start[a] + t of the rows a KVTable names -> logits (A, V) of each row's token
     ``keep`` (decode: its only one; a query prefill: its last real one)."""
 
-    def __init__(self, model, rows: int, tb: int, layers: str, use_graph: bool):
+    def __init__(self, model, rows: int, tb: int, layers: str, use_graph: bool, pages: int = 0):
+        """pages: a query prefill (rows 1) over cached blocks in place, with a PageTable of that capacity."""
         cfg, hd = text_config(model.config), head_dim(model.config)
         dev = next(model.parameters()).device
         self.model, self.rows, self.tb, self.layers = model, rows, tb, layers
@@ -47,6 +65,10 @@ class TableStep:
         self.ids, self.pos = self.dev[:n].view(rows, tb), self.dev[n:2 * n].view(rows, tb)
         self.keep = self.dev[2 * n + rows:]
         self.state = TableAttention(self.table, self.dev[2 * n:2 * n + rows])
+        self.pages = None
+        if pages:
+            self.pages = PageTable(pages, cfg.num_key_value_heads, hd // 2, dev, self.table.kernel)
+            self.state = TablePagesAttention(self.table, self.dev[2 * n:2 * n + rows], self.pages)
         self.graph = None
         self.calls = 0
 
@@ -62,6 +84,9 @@ class TableStep:
             return
         self.table.set([None] * self.rows)
         self.dev.zero_()
+        if self.pages is not None:  # no blocks, the spare rows as the query's own
+            sp = self.table.spare
+            self.pages.fill([], [], torch.zeros(self.pages.half), sp, 0, self.tb, origin=sp)
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -83,9 +108,11 @@ class TableStep:
         self.table.release()
 
     @torch.inference_mode()
-    def __call__(self, buffers: list, tokens: list[list[int]], starts: list[int], keep: int) -> torch.Tensor:
+    def __call__(self, buffers: list, tokens: list[list[int]], starts: list[int], keep: int, blocks=None
+                 ) -> torch.Tensor:
         """buffers: per row an Arena's rows or None (a spare row); tokens[a]: up to Tb ids (padded here);
-        starts[a]: the position and slot of its first. Returns logits (A, V)."""
+        starts[a]: the position and slot of its first. blocks (a pages step): (entries, offsets, inv_freq) of
+        the one row's context, not yet in its buffer (kv/shard.py). Returns logits (A, V)."""
         self.calls += 1
         if self.use_graph and self.graph is None and self.calls >= 2:  # a bucket's first call runs as it is
             self.capture()
@@ -99,6 +126,9 @@ class TableStep:
             h[2 * n + a] = s
         h[-1] = keep
         self.dev.copy_(h)
+        if self.pages is not None:
+            entries, offsets, inv_freq = blocks
+            self.pages.fill(entries, offsets, inv_freq, buffers[0], starts[0], self.tb, origin=self.table.spare)
         try:
             if self.graph is None:
                 return self._forward()
@@ -106,3 +136,5 @@ class TableStep:
             return self.logits
         finally:
             self.table.release()  # the arenas stay the pool's to keep or free
+            if self.pages is not None:
+                self.pages.parts = []

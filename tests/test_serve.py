@@ -426,8 +426,9 @@ def test_text_stream_pieces_add_up_to_the_decoded_text_cut_at_the_stop():
 def test_requests_prefill_and_decode_over_their_arenas_by_table_steps_as_the_eager_path():
     """With fixed-shape steps every newcomer gets an Arena of its own: its query is prefilled there and it decodes
     there by the table step of its batch size, alone or with the others (one CUDA-graph replay per step on
-    GPUs; here the same fixed shapes, uncaptured). Both give the eager server's answers, alone and together,
-    and together they share steps."""
+    GPUs; here the same fixed shapes, uncaptured); block mode's first token attends the cached passages in place
+    (path "pages") and the context is gathered into the arena before the next step. Both give the eager server's
+    answers, alone and together, and together they share steps."""
     prompts = [f"Question {i} about the market in town {i}?" for i in range(4)]
     docs = [DOC, "Copper turns green when it weathers in rain. "]
     out = {}
@@ -452,8 +453,8 @@ def test_requests_prefill_and_decode_over_their_arenas_by_table_steps_as_the_eag
             c2 = counts()
             if decode == "static":
                 assert c1.get('star_runtime_decode_step_seconds_count{path="table"}', 0) >= 4 * 11, c1
-                assert c1.get('star_runtime_prefill_seconds_count{path="table",phase="query"}') == 4.0, c1
-                assert c2.get('star_runtime_prefill_seconds_count{path="table",phase="query"}') == 8.0, c2
+                assert c1.get('star_runtime_prefill_seconds_count{path="pages",phase="query"}') == 4.0, c1
+                assert c2.get('star_runtime_prefill_seconds_count{path="pages",phase="query"}') == 8.0, c2
                 assert 'star_runtime_decode_step_seconds_count{path="batch"}' not in c2, c2  # never eager
                 steps = c2["star_runtime_decode_steps_total"] - c1["star_runtime_decode_steps_total"]
                 seqs = c2["star_runtime_decode_step_sequences_total"] - c1["star_runtime_decode_step_sequences_total"]

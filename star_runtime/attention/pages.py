@@ -73,9 +73,11 @@ class PageTable:
         self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages) to try instead of split_kv.tiles
 
     def fill(self, entries: list[torch.Tensor], offsets: list[int], inv_freq: torch.Tensor, own: torch.Tensor,
-             start: int, own_len: int) -> None:
+             start: int, own_len: int, origin: torch.Tensor | None = None) -> None:
         """entries[i] (layers, 2, H_kv, n_i, D) placed at offsets[i]; inv_freq (R/2,) the prompt's frequencies;
-        own (layers, 2, C, H_kv, D): the query's rows, its own KV at [start, start + own_len)."""
+        own (layers, 2, C, H_kv, D): the query's rows, its own KV at [start, start + own_len). origin: the
+        tensor whose first element the offsets count from (the kernel's base pointer; default own) -- one that
+        stays the same keeps a captured CUDA graph valid for other rows."""
         need = pages_needed([e.shape[3] for e in entries], self.chunk)
         if need > self.capacity:
             raise ValueError(f"{need} pages for a table of {self.capacity}")
@@ -97,14 +99,15 @@ class PageTable:
         meta = np.zeros((self.capacity + 1, 7), dtype=np.int64)
         nb = n[blk]
         # addresses as element offsets from the own rows (the kernel's base pointer), 16-byte aligned
-        ptrs = np.array([e.data_ptr() for e in entries] + [own.data_ptr()], dtype=np.int64) - own.data_ptr()
+        origin = own if origin is None else origin
+        ptrs = np.array([e.data_ptr() for e in entries] + [own.data_ptr()], dtype=np.int64) - origin.data_ptr()
         if np.any(ptrs % 16):
             raise ValueError("cached entries must start on 16-byte boundaries")
-        self.kv = own
+        self.kv = origin
         meta[:p, 0] = (ptrs[:-1] // elt)[blk] + c * chunk * d
         meta[:p, 1], meta[:p, 2], meta[:p, 3], meta[:p, 4] = 2 * hkv * nb * d, hkv * nb * d, nb * d, d
         meta[:p, 5] = np.minimum(chunk, nb - c * chunk)
-        meta[p] = (start * hkv * d, 2 * cap * hkv * d, cap * hkv * d, d, hkv * d, own_len, 1)
+        meta[p] = (ptrs[-1] // elt + start * hkv * d, 2 * cap * hkv * d, cap * hkv * d, d, hkv * d, own_len, 1)
         meta[self.capacity, 0] = p + 1
         angle = np.zeros((self.capacity, self.half), dtype=np.float64)
         angle[:p] = np.array(offsets, dtype=np.float64)[blk][:, None] * freq[None, :]

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import progress
-from ..attention.rope import frame_crossing, rope_frame
+from ..attention.pages import usable as pages_usable
+from ..attention.rope import RopeReencoder, frame_crossing, rope_frame
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..decode import (Arenas, PrefillStep, Sequences, arena_path, generate, query_bucket,
                       resolve_decode_mode, sync_device)
-from ..models.loader import ModelSource, load_model, load_tokenizer, resolve_dtype
+from ..models.loader import ModelSource, head_dim, load_model, load_tokenizer, resolve_dtype
 from ..modes import get_mode
 from ..sampling import Sampler, StopChecker, eos_ids
 from .group import Group, local_devices
@@ -150,10 +151,10 @@ class Worker:
                                        self.device).rows
 
     def defers_context(self) -> bool:
-        """Whether phase 1 may leave moving cached KV into the arena until after the first token (a batch call
-        over an arena, whose query prefill then attends the cached entries in place; not a server's newcomer,
-        whose arena its scheduler hands over as it stands)."""
-        return self._arena_call is True
+        """Whether phase 1 may leave moving cached KV into the arena until after the first token: a call over
+        an arena (a batch's or a server newcomer's), whose query prefill then attends the cached entries in
+        place; any other reader of the arena gathers first (kv/shard.py settle)."""
+        return self._arena_call is not False and self._arena_call is not None
 
     def mode_state(self, name: str, factory):
         """This worker's state for mode ``name`` (e.g. block mode's store), made by factory(worker) once."""
@@ -243,7 +244,8 @@ class Worker:
                 if get_mode(self.cfg.attn_type).name == "block":  # the block store may still grow to its budget
                     store = self.mode_state("block", get_mode("block").worker_state).store
                     self.arenas.claimed = lambda: max(0, store.budget["device"] - store.used["device"])
-                seqs.warm(warm)
+                seqs.warm(warm, pages=get_mode(self.cfg.attn_type).name == "block" and pages_usable(
+                    self.model.dtype, self.device, head_dim(self.model.config), RopeReencoder(self.model).rotary_dim))
             for i in close:
                 seqs.remove(i)
             opened, paths = [], []
@@ -271,14 +273,16 @@ class Worker:
                 sampler, stop = self._sampler(r, self.cfg), self._stop_checker(r, self.cfg)
                 path = "batch"
                 if arena is not None:
-                    arena.load(shard)
                     n = len(r.context_ids)
                     if len(shard) != n:  # its rows are its positions: the query's KV goes right after the context
                         raise RuntimeError(f"request {r.index}: phase 1 kept {len(shard)} context tokens of {n} on "
                                            "the one worker")
-                    logits = seqs.table_prefill(arena, r.query_ids, n)
-                    path = "table"
+                    if shard.blocks is None:
+                        arena.load(shard)
+                    logits = seqs.table_prefill(arena, r.query_ids, n, shard, r.index)
+                    path = "table" if shard.blocks is None else "pages"
                     if logits is None:  # a query longer than the table step's: the arena's own prefill
+                        arena.load(shard)  # (gathers a deferred context first)
                         tb = query_bucket(q.numel())
                         if tb not in arena.prefills:
                             arena.prefills[tb] = PrefillStep(self.model, self.group, arena, tb, decode == "graph",
