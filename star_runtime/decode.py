@@ -585,7 +585,10 @@ class PagedPrefillStep(PrefillStep):
     def run(self, shard: ContextShard, query: torch.Tensor, start: int) -> torch.Tensor:
         entries, offsets, inv_freq = shard.blocks
         self.pages.fill(entries, offsets, inv_freq, self.arena.rows, len(shard), self.tb)
-        return self(query, start)
+        try:
+            return self(query, start)
+        finally:
+            self.pages.parts = []  # the step keeps no cached entry alive between requests
 
 
 def paged_prefill(arena: Arena, model, group, shard: ContextShard, query: torch.Tensor, start: int, use_graph: bool,

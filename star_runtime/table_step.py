@@ -103,6 +103,8 @@ class TableStep:
             print(f"[star-runtime] table step not captured ({type(e).__name__}: {str(e).splitlines()[0][:80]}); "
                   "running it uncaptured over the torch path", file=sys.stderr)
             self.use_graph, self.table.kernel = False, False
+            if self.pages is not None:
+                self.pages.kernel = False
             return
         self.graph = graph
         self.table.release()

@@ -169,6 +169,35 @@ def test_one_request_at_a_time_over_kept_arenas_equals_eager():
             assert_same_steps(s.logits, e.logits, 1e-4)
 
 
+def test_served_newcomer_that_ends_at_its_first_token_leaves_no_gather_behind():
+    """A block newcomer's first token reads its cached passages in place and its context is gathered into its
+    arena only before the next step; one that ends at that first token is removed first, so its gather never
+    runs, and the next request served over the same arena decodes exactly as the eager server does."""
+    docs = [["Head text. ", "Copper turns green in rain. ", "Bread rises. "], ["Bread rises. ", "Head text. "]]
+    out = {}
+    for decode in ("eager", "static"):
+        with make_engine(attn_type="block", decode=decode) as eng:
+            a = eng.prepare("", " What is it?", 0, blocks=docs[0], max_new_tokens=1)
+            b = eng.prepare("", " Where?", 1, blocks=docs[1], max_new_tokens=6)
+            first = eng.serve_step([], [a], [])["new"][0][0]
+            seqs = eng.launcher.worker.mode_state("serve", None)
+            if decode == "static":
+                assert list(seqs.unsettled) == [0]  # owed, not yet gathered
+                arena_a = seqs.arenas[0]
+            res = eng.serve_step([0], [b], [])  # a ends at its first token; b comes in
+            if decode == "static":
+                assert list(seqs.unsettled) == [1]
+                assert seqs.arenas[1] is arena_a  # b over a's arena: a's gather would have overwritten b's context
+            toks = [res["new"][0][0]]
+            for _ in range(5):
+                toks.append(eng.serve_step([], [], [1])["step"][0][0])
+            if decode == "static":
+                assert not seqs.unsettled and seqs.last_path == "table"
+            eng.serve_step([1], [], [])
+            out[decode] = (first, toks)
+    assert out["static"] == out["eager"]
+
+
 def test_served_sequence_alone_decodes_over_its_arena_and_joins_a_batch_exactly():
     """A server's newcomer into an empty batch (fixed-shape steps, one worker) is prefilled over an Arena and,
     while alone, decodes by the arena's own step; when another request joins, the tokens it wrote there

@@ -42,7 +42,7 @@ def usable(dtype, device, head_dim: int, rotary_dim: int) -> bool:
     a CUDA graph)."""
     from .table import kernels_ok
 
-    if rotary_dim != head_dim:
+    if rotary_dim != head_dim or not _OK["ok"]:
         return False
     device = torch.device(device)
     return device.type == "cpu" or (head_dim >= 32 and kernels_ok(dtype, device, head_dim))
@@ -118,9 +118,20 @@ class PageTable:
 
     def attend(self, layer: int, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """q (1, Hq, Tb, D) -> out (1, Hq, Tb, D) in q's dtype, lse (1, Hq, Tb) fp32."""
-        if self.kernel:
-            return _kernel_attend(self, layer, q, scale)
+        if self.kernel and _OK["ok"]:
+            try:
+                return _kernel_attend(self, layer, q, scale)
+            except Exception as e:  # noqa: BLE001 -- a Triton build or launch problem: the torch form computes the same
+                _OK["ok"] = False
+                import sys
+
+                print(f"[star-runtime] in-place block attention kernel unavailable ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:80]}); using its torch form, and gathering cached blocks first "
+                      "from now on", file=sys.stderr)
         return _torch_attend(self, layer, q, scale)
+
+
+_OK = {"ok": True}  # off after a kernel failure: no more deferred gathers (usable), the torch form meanwhile
 
 
 def rotate_query(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -119,7 +119,8 @@ class BlockStore:
         if key in self.lru["device"] or key in self.lru["cpu"]:
             return
         inv_freq = inv_freq.detach().float().cpu()
-        inv_freq = self._freqs.setdefault(inv_freq.numpy().tobytes(), inv_freq)  # one tensor per frequency set
+        fk = inv_freq.numpy().tobytes()  # one tensor per frequency set (dynamic RoPE: one per length, bounded)
+        inv_freq = self._freqs.setdefault(fk, inv_freq) if len(self._freqs) < 64 else self._freqs.get(fk, inv_freq)
         self._insert(key, Entry(kv, inv_freq, kv.numel() * kv.element_size()), "device")
         if self.disk is not None:
             self.disk.put(key, kv, inv_freq)

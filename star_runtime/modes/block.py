@@ -173,7 +173,8 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
         gather_rotate(entries, rows, cos, sin, layout[0], layout[1])
 
     if (defer and not made and pages_usable(rows.dtype, device, rows.shape[4], reencoder.rotary_dim)
-            and all(e.data_ptr() % 16 == 0 for e in entries) and _same_freq([found[b.key][1] for b in mine], dst_freq)):
+            and all(e.is_contiguous() and e.dtype == rows.dtype and e.data_ptr() % 16 == 0 for e in entries)
+            and _same_freq([found[b.key][1] for b in mine], dst_freq)):
         return ContextShard.in_rows(rows, length, pending=gather,
                                     blocks=(entries, [b.offset for b in mine], dst_freq))
     gather()
