@@ -26,7 +26,7 @@ from .attention.rope import frame_groups, rope_frame
 from .attention.table import kernels_ok, write_slots
 from .fused import compiled_layers
 from .attention.merge import merge_partials, merge_two, pack, unpack
-from .attention.pages import PageTable, capacity_bucket, pages_needed
+from .attention.pages import capacity_bucket, pages_needed
 from .attention.partial import (ROWS_SPLIT_TOKENS, decode_partial, empty_partial, masked_partial, partial_attention,
                                 prefill_partial, rows_partial)
 from .kv.shard import ContextShard
@@ -443,6 +443,21 @@ class Arenas:
         self.keep, self.reserve, self.cpu_keep = keep, reserve, cpu_keep
         self.pool: list[Arena] = []  # least recently used first
         self.claimed = lambda: 0  # device bytes others may still take (a block store's unused budget)
+        self.steps: dict[tuple[int, int], TableStep] = {}  # (query bucket, pages) -> in-place query prefill
+
+    def prefill_in_place(self, model, arena: "Arena", shard: ContextShard, query: torch.Tensor, start: int,
+                         use_graph: bool, layers: str) -> torch.Tensor:
+        """The first token's logits (1, V) of a query (T,) whose context ``shard`` still lies in the block store
+        (its gather deferred, shard.blocks): the TableStep of the query's bucket and the shard's page capacity
+        (table_step.py; one CUDA graph for every arena) writes its KV at [start, start + T) of the arena and
+        attends the blocks in place."""
+        t = query.numel()
+        key = (query_bucket(t), capacity_bucket(pages_needed([e.shape[3] for e in shard.blocks[0]])))
+        if key not in self.steps:
+            self.steps[key] = TableStep(model, 1, key[0], layers, use_graph, key[1])
+        logits = self.steps[key]([arena.rows], [query.tolist()], [start], t - 1, shard.blocks)
+        arena.len_t.fill_(start + t)
+        return logits
 
     def _room(self, need: int, device) -> bool:
         """Whether ``need`` more bytes leave ``reserve`` of the device free (bytes the allocator holds unused
@@ -553,55 +568,6 @@ class PrefillStep:
             self.arena.len_t.copy_(saved)
         self.graph.replay()
         return self.logits
-
-
-class PagedPrefillAttention(PrefillAttention):
-    """PrefillAttention whose context is still the cached blocks where they lie (a deferred gather): the query
-    writes its own KV into the arena after the context's slots and attends the blocks in place, its query
-    rotated by minus each block's offset, and its own KV causally (attention/pages.py); shapes as there."""
-
-    def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
-        a, st = self.arena, self.step
-        if layer == 0:
-            self.slots = a.len_t + st.offsets
-        a.rows[layer, 0].index_copy_(0, self.slots, k[0].transpose(0, 1))
-        a.rows[layer, 1].index_copy_(0, self.slots, v[0].transpose(0, 1))
-        out, _ = st.pages.attend(layer, q, scale)
-        return out.to(q.dtype)
-
-
-class PagedPrefillStep(PrefillStep):
-    """PrefillStep over a context not yet gathered: a page table of fixed capacity (attention/pages.py
-    capacity_bucket) names the request's cached entries before each call, so one CUDA graph per (query
-    bucket, capacity) serves every such request."""
-
-    def __init__(self, model, group, arena: Arena, tb: int, use_graph: bool, layers: str, capacity: int):
-        super().__init__(model, group, arena, tb, use_graph, layers)
-        kernel = group.device.type == "cuda"
-        self.pages = PageTable(capacity, text_config(model.config).num_key_value_heads, head_dim(model.config) // 2,
-                               group.device, kernel)
-        self.state = PagedPrefillAttention(group, arena, self)
-
-    def run(self, shard: ContextShard, query: torch.Tensor, start: int) -> torch.Tensor:
-        entries, offsets, inv_freq = shard.blocks
-        self.pages.fill(entries, offsets, inv_freq, self.arena.rows, len(shard), self.tb)
-        try:
-            return self(query, start)
-        finally:
-            self.pages.parts = []  # the step keeps no cached entry alive between requests
-
-
-def paged_prefill(arena: Arena, model, group, shard: ContextShard, query: torch.Tensor, start: int, use_graph: bool,
-                  layers: str) -> torch.Tensor:
-    """The first token's logits (1, V) of a query over a shard whose gather is deferred (shard.blocks), from
-    the arena's PagedPrefillStep of the query's bucket and the shard's page capacity."""
-    tb = query_bucket(query.numel())
-    cap = capacity_bucket(pages_needed([e.shape[3] for e in shard.blocks[0]]))
-    key = ("paged", tb, cap)
-    if key not in arena.prefills:
-        arena.prefills[key] = PagedPrefillStep(model, group, arena, tb, use_graph, layers, cap)
-    arena.len_t.fill_(len(shard))
-    return arena.prefills[key].run(shard, query, start)
 
 
 # -- the decode loop -----------------------------------------------------------------------------------------
@@ -724,7 +690,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
         t0 = time.perf_counter()
         q = queries[b]
         if paged:
-            decide([b], paged_prefill(arena, model, group, shards[b], q, starts[b], decode == "graph", layers))
+            decide([b], arenas.prefill_in_place(model, arena, shards[b], q, starts[b], decode == "graph", layers))
         elif arena is not None:  # fixed shapes over the arena: one graph replay
             arena.load(shards[b])
             tb = query_bucket(q.numel())

@@ -70,8 +70,7 @@ def test_first_token_over_cached_blocks_in_place_equals_full_forward_with_block_
             ref_tokens, ref_logits = block_mask_reference(eng, ids, req.query_ids, 6)
             assert rep.tokens == ref_tokens
             assert_same_steps(rep.logits, ref_logits, 1e-4)
-        keys = [k for a in eng.launcher.worker.arenas.pool for k in a.prefills]
-        assert any(isinstance(k, tuple) and k[0] == "paged" for k in keys), keys  # the in-place path ran
+        assert eng.launcher.worker.arenas.steps  # the in-place path ran (its query prefill steps)
 
 
 def test_one_block_equals_dense():

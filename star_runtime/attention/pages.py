@@ -31,7 +31,7 @@ import torch
 
 from .merge import merge_partials
 from .partial import partial_attention
-from .split_kv import merge_splits, splits_for, tiles
+from .split_kv import merge_splits, sm_count, splits_for, tiles
 
 CHUNK = 512  # keys per page at most
 
@@ -168,7 +168,6 @@ def _torch_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
 
 _KERNEL: dict = {}
 _SCRATCH: dict = {}
-_SMS: dict = {}
 
 
 def _kernel():
@@ -254,9 +253,7 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
         block_m, block_n, warps, stages = table.config
     n_mt = -(-rows // block_m)
     dev = q.device
-    if dev not in _SMS:
-        _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 8
-    splits = min(table.capacity, splits_for(n_mt * hkv, table.capacity * CHUNK, _SMS[dev]))
+    splits = min(table.capacity, splits_for(n_mt * hkv, table.capacity * table.chunk, sm_count(dev)))
     key = (splits, hq, tb, d, dev)
     if key not in _SCRATCH:
         _SCRATCH[key] = (torch.empty((splits, hq, tb, d), dtype=torch.float32, device=dev),

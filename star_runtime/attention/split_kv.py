@@ -185,10 +185,14 @@ def _splits(q, hkv, keys):
     a, hq, tb, d = q.shape
     rows = tb * (hq // hkv)
     n_mt = -(-rows // tiles(rows, d)[0])
-    dev = q.device
+    return splits_for(hkv * a * n_mt, keys, sm_count(q.device))
+
+
+def sm_count(dev: torch.device) -> int:
+    """The device's streaming multiprocessors (8 off CUDA, for the interpreter), asked once per device."""
     if dev not in _SMS:
         _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 8
-    return splits_for(hkv * a * n_mt, keys, _SMS[dev])
+    return _SMS[dev]
 
 
 def _attend(q, k, v, table, layer, c, hkv, strides, base, scale, splits, fp32_out):

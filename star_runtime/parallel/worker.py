@@ -15,7 +15,7 @@ import torch
 
 from .. import progress
 from ..attention.pages import usable as pages_usable
-from ..attention.rope import RopeReencoder, frame_crossing, rope_frame
+from ..attention.rope import frame_crossing, rope_frame
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..decode import (Arenas, PrefillStep, Sequences, arena_path, generate, query_bucket,
@@ -241,11 +241,14 @@ class Worker:
                 # every running sequence holds an arena: keep room for a batch of them
                 self.arenas.keep = max(self.arenas.keep, 2 * warm)
                 self.arenas.cpu_keep = max(self.arenas.cpu_keep, 2 * warm)
+                pages = False  # block mode: its newcomers' first tokens may read cached passages in place
                 if get_mode(self.cfg.attn_type).name == "block":  # the block store may still grow to its budget
-                    store = self.mode_state("block", get_mode("block").worker_state).store
+                    st = self.mode_state("block", get_mode("block").worker_state)
+                    store = st.store
                     self.arenas.claimed = lambda: max(0, store.budget["device"] - store.used["device"])
-                seqs.warm(warm, pages=get_mode(self.cfg.attn_type).name == "block" and pages_usable(
-                    self.model.dtype, self.device, head_dim(self.model.config), RopeReencoder(self.model).rotary_dim))
+                    pages = pages_usable(self.model.dtype, self.device, head_dim(self.model.config),
+                                         st.reencoder.rotary_dim)
+                seqs.warm(warm, pages=pages)
             for i in close:
                 seqs.remove(i)
             opened, paths = [], []

@@ -88,8 +88,7 @@ def test_first_token_in_place_replayed_over_other_requests_equals_the_gather_pat
         paged = [w.run_batch([req(o, i)])[0] for i, o in enumerate(orders + orders[:1])]  # captured, replayed
         assert cold.cache["misses"] == 14 and cold.tokens == paged[0].tokens
         assert (cold.logits[0] - paged[0].logits[0]).abs().max().item() < 1e-3
-        keys = [k for a in w.arenas.pool for k in a.prefills]
-        assert any(isinstance(k, tuple) and k[0] == "paged" for k in keys), keys
+        assert w.arenas.steps  # the in-place path ran (its query prefill steps)
         assert paged[-1].tokens == paged[0].tokens  # the replay over the first request's pages again
         assert (paged[-1].logits[0] - paged[0].logits[0]).abs().max().item() < 1e-3
         w.defers_context = lambda: False  # the gather path for the same requests
