@@ -306,14 +306,19 @@ def test_dead_worker_makes_health_503_and_requests_fail_fast():
 
 
 def test_bounded_load_every_request_completes_or_is_refused():
-    """200 requests from 16 clients against a small queue: each gets its answer or a clean 429; none lost."""
+    """200 requests from 16 clients against a small queue: each gets its answer or a clean 429 with Retry-After;
+    none lost. A refused client waits the Retry-After it was given before its next request, as a client should
+    (without it, refusals come back at once and the 200 requests can run out while a dozen are served)."""
     with Server("--attn_type", "dense", "--max_queue", "8", "--max_batch", "8") as s:
         def one(i):
             t0 = time.perf_counter()
-            st, text, _ = post(s.url + "/v1/completions",
-                               {"model": s.model, "prompt": f"Load request {i} with a few words.", "max_tokens": 8,
-                                "stream": False})
-            return st, time.perf_counter() - t0, text
+            st, text, headers = post(s.url + "/v1/completions",
+                                     {"model": s.model, "prompt": f"Load request {i} with a few words.",
+                                      "max_tokens": 8, "stream": False})
+            took = time.perf_counter() - t0
+            if st == 429:
+                time.sleep(float(headers["retry-after"]))
+            return st, took, text
 
         t0 = time.perf_counter()
         with cf.ThreadPoolExecutor(16) as pool:
