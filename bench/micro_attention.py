@@ -64,9 +64,13 @@ def main():
     ap.add_argument("--cases", nargs="+", default=["1:1:32768", "1:1:131072", "16:1:4096", "1:50:8192",
                                                    "1:50:32768"],
                     help="rows:query_tokens:context_tokens")
-    ap.add_argument("--page_configs", nargs="*", default=["64:64:4:2", "64:64:4:3", "64:64:8:2", "64:32:4:3",
-                                                            "128:64:8:2", "128:64:8:3", "64:128:8:2"],
-                    help="BLOCK_M:BLOCK_N:warps:stages of the in-place kernel to try")
+    ap.add_argument("--page_configs", nargs="*",
+                    default=["64:64:4:3:0", "64:64:4:3:1", "64:64:4:2:1", "64:32:4:3:1", "64:32:4:4:1",
+                             "128:64:8:3:1", "128:32:8:3:1", "64:64:8:3:1", "64:64:4:3:1:8", "64:32:4:3:1:8",
+                             "64:64:4:3:1:4", "64:64:4:3:1:32"],
+                    help="BLOCK_M:BLOCK_N:warps:stages[:fast[:splits]] of the in-place kernel to try (fast: whole "
+                         "pages unmasked; splits 0: as many as fill the card); each is checked against the default's "
+                         "output")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     hq, hkv, d = 32, 8, 128
@@ -110,12 +114,16 @@ def main():
             inv = 1.0 / (500000.0 ** (torch.arange(0, d, 2).float() / d))
             table.fill(entries, [512 * i for i in range(len(lens))], inv, own, ctx, tb)
             row["paged_us"] = round(time_us(lambda: table.attend(0, q, d ** -0.5), graph=True), 1)
+            ref = table.attend(0, q, d ** -0.5)[0].float()
             for conf in args.page_configs:
                 table.config = tuple(int(x) for x in conf.split(":"))
                 try:
+                    err = (table.attend(0, q, d ** -0.5)[0].float() - ref).abs().max().item()
+                    if err > 0.05:
+                        raise ValueError(f"differs from the default by {err:.3f}")
                     row[f"paged_{conf}"] = round(time_us(lambda: table.attend(0, q, d ** -0.5), graph=True), 1)
                 except Exception as e:  # noqa: BLE001 -- a tile shape this Triton cannot build: say so, go on
-                    row[f"paged_{conf}"] = f"{type(e).__name__}"
+                    row[f"paged_{conf}"] = f"{type(e).__name__}: {str(e)[:60]}"
             table.config = None
             entries = own = table = None
         rows.append(row)

@@ -70,7 +70,7 @@ class PageTable:
         self.meta = torch.zeros((capacity + 1, 7), dtype=torch.int64, device=self.device)  # + the count row
         self.rot = torch.zeros((2, capacity, half), dtype=torch.float32, device=self.device)
         self.parts: list = []  # the torch form's view of the same pages
-        self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages) to try instead of split_kv.tiles
+        self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages[, fast[, splits]]) to try
 
     def fill(self, entries: list[torch.Tensor], offsets: list[int], inv_freq: torch.Tensor, own: torch.Tensor,
              start: int, own_len: int, origin: torch.Tensor | None = None) -> None:
@@ -83,8 +83,8 @@ class PageTable:
             raise ValueError(f"{need} pages for a table of {self.capacity}")
         freq = inv_freq.detach().double().cpu().numpy()
         self.parts = [(e, o) for e, o in zip(entries, offsets)] + [(own, start, own_len)]
+        self.freq = freq  # the torch form's too: it serves a table filled for the kernel after a kernel failure
         if not self.kernel:
-            self.freq = freq
             return
         if any(not e.is_contiguous() or e.dtype != own.dtype or e.device != own.device for e in entries):
             raise ValueError("cached entries must be contiguous, in the rows' dtype and device")
@@ -179,7 +179,8 @@ def _kernel():
     @triton.jit
     def paged_kernel(Q, KV, META, ROT, O, L, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h, TB, scale_log2,
                      HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, S: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, FAST: tl.constexpr,
+                     STAGES: tl.constexpr):
         mt = tl.program_id(0)
         s = tl.program_id(1)
         h = tl.program_id(2)
@@ -190,13 +191,13 @@ def _kernel():
         qh = h * G + g
         d = tl.arange(0, D)
         qp = Q + qh[:, None] * sq_h + t[:, None] * sq_t
-        q = tl.load(qp + d[None, :], mask=row_ok[:, None], other=0.0)
-        q_sw = tl.load(qp + ((d + HALF) % D)[None, :], mask=row_ok[:, None], other=0.0)  # halves swapped
-        half = d % HALF
-        sign = tl.where(d < HALF, 1.0, -1.0)[None, :]
+        e = tl.arange(0, HALF)  # RoPE pairs (i, i + HALF): the query and keys in halves, two half-width dots
+        q1 = tl.load(qp + e[None, :], mask=row_ok[:, None], other=0.0)
+        q2 = tl.load(qp + HALF + e[None, :], mask=row_ok[:, None], other=0.0)
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, D), tl.float32)
+        jl = tl.arange(0, BLOCK_N)
         count = tl.load(META + P * 7)  # pages in use; the rest of the table is not read
         for p in range(s, count, S):
             mp = META + p * 7
@@ -207,16 +208,35 @@ def _kernel():
             vo = tl.multiple_of(tl.load(mp + 2), 8)
             ts = tl.multiple_of(tl.load(mp + 4), 8)
             causal = tl.load(mp + 6)
-            c = tl.load(ROT + p * HALF + half)[None, :]
-            sn = tl.load(ROT + P * HALF + p * HALF + half)[None, :] * sign
-            # the query rotated by minus the page's angles: (q1 c + q2 s, q2 c - q1 s)
-            r = (q.to(tl.float32) * c + q_sw.to(tl.float32) * sn).to(Q.dtype.element_ty)
-            for start in range(0, n, BLOCK_N):
-                j = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
+            # the query rotated by minus the page's angles, the softmax scale (log2 units) folded in:
+            # (q1 c + q2 s, q2 c - q1 s), rounded once to the keys' dtype
+            c = tl.load(ROT + p * HALF + e)[None, :] * scale_log2
+            sn = tl.load(ROT + P * HALF + p * HALF + e)[None, :] * scale_log2
+            a1, a2 = q1.to(tl.float32), q2.to(tl.float32)
+            r1 = (a1 * c + a2 * sn).to(Q.dtype.element_ty)
+            r2 = (a2 * c - a1 * sn).to(Q.dtype.element_ty)
+            lo = n * 0  # where the masked walk starts: past a whole page taken unmasked
+            if FAST:
+                if (n == CHUNK) & (causal == 0) & (ts == D):
+                    # a whole cached page: contiguous keys, every one seen -- no masks, a fixed trip count
+                    for f0 in tl.range(0, CHUNK, BLOCK_N, num_stages=STAGES):
+                        fb = kb + (f0 + jl)[:, None] * D  # contiguous keys
+                        fqk = tl.dot(r1, tl.trans(tl.load(fb + e[None, :])))
+                        fqk = tl.dot(r2, tl.trans(tl.load(fb + HALF + e[None, :])), fqk)
+                        fm = tl.maximum(m_i, tl.max(fqk, 1))
+                        fp = tl.exp2(fqk - fm[:, None])
+                        fa = tl.exp2(m_i - fm)
+                        l_i = l_i * fa + tl.sum(fp, 1)
+                        fv = tl.load(fb + vo + d[None, :])
+                        acc = acc * fa[:, None] + tl.dot(fp.to(fv.dtype), fv)
+                        m_i = fm
+                    lo = n
+            for start in range(lo, n, BLOCK_N):
+                j = (start + jl).to(tl.int64)
                 kmask = j < n
-                kp = kb + j[:, None] * ts + d[None, :]
-                k = tl.load(kp, mask=kmask[:, None], other=0.0)
-                qk = tl.dot(r, tl.trans(k)) * scale_log2
+                kp = kb + j[:, None] * ts
+                qk = tl.dot(r1, tl.trans(tl.load(kp + e[None, :], mask=kmask[:, None], other=0.0)))
+                qk = tl.dot(r2, tl.trans(tl.load(kp + HALF + e[None, :], mask=kmask[:, None], other=0.0)), qk)
                 valid = kmask[None, :] & ((causal == 0) | (j[None, :] <= t[:, None]))
                 qk = tl.where(valid, qk, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -224,7 +244,7 @@ def _kernel():
                 alpha = tl.exp2(m_i - m_safe)
                 pr = tl.exp2(qk - m_safe[:, None])
                 l_i = l_i * alpha + tl.sum(pr, 1)
-                v = tl.load(kp + vo, mask=kmask[:, None], other=0.0)
+                v = tl.load(kp + vo + d[None, :], mask=kmask[:, None], other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
                 m_i = m_new
         seen = l_i > 0
@@ -248,12 +268,12 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
     g = hq // hkv
     rows = tb * g
     block_m, block_n = tiles(rows, d)
-    warps, stages = 4, 3  # 64 x 64 tiles, 3 stages: 59 / 163 us at 8K / 32K (H200; 2 stages 62 / 174)
+    warps, stages, fast, want = 4, 3, 1, 0  # want: splits, 0 = as many as fill the card
     if table.config is not None:
-        block_m, block_n, warps, stages = table.config
+        block_m, block_n, warps, stages, fast, want = (tuple(table.config) + (1, 0)[len(table.config) - 4:])
     n_mt = -(-rows // block_m)
     dev = q.device
-    splits = min(table.capacity, splits_for(n_mt * hkv, table.capacity * table.chunk, sm_count(dev)))
+    splits = min(table.capacity, want or splits_for(n_mt * hkv, table.capacity * table.chunk, sm_count(dev)))
     key = (splits, hq, tb, d, dev)
     if key not in _SCRATCH:
         _SCRATCH[key] = (torch.empty((splits, hq, tb, d), dtype=torch.float32, device=dev),
@@ -263,6 +283,6 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
         q, table.kv, table.meta, table.rot, o_part, l_part, layer, table.capacity, q.stride(1), q.stride(2),
         o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1), tb,
         scale * 1.4426950408889634, HKV=hkv, G=g, D=d, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=warps, num_stages=stages)
+        CHUNK=table.chunk, FAST=fast, STAGES=stages, num_warps=warps, num_stages=stages)
     out, lse = merge_splits(o_part, l_part, q.dtype)
     return out.unsqueeze(0), lse.unsqueeze(0)
