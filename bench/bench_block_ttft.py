@@ -56,6 +56,7 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--cache_gib", type=float, default=24.0)
     p.add_argument("--profile", type=int, default=0, help="profile one warm run at this length")
+    p.add_argument("--trace", default=None, help="with --profile: write its Chrome trace here")
     p.add_argument("--out", default=None)
     add_flags(p, exclude=("attn_type", "num_workers", "ignore_eos", "block_cache_gpu_gib", "block_cache_cpu_gib"),
               defaults={"model_path": "random:llama3-8b", "device": "cuda", "dtype": "bfloat16"},
@@ -123,7 +124,9 @@ def main():
             order = torch.randperm(n, generator=g).tolist()
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 run(worker, block_request(passages, final, order, mid))
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18))
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30))
+            if a.trace:
+                prof.export_chrome_trace(a.trace)
             print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))
     print(f"\n{'context':>8} {'warm TTFT ms':>12} {'(phase1':>8} {'final)':>7} {'floor ms':>9} {'/floor':>7} "
           f"{'gathered':>9} {'2nd tok':>8} {'cold ms':>8} {'dense ms':>9} {'speedup':>8}")

@@ -102,3 +102,24 @@ def test_page_counts_and_buckets():
     table = PageTable(4, 2, 16, "cpu", kernel=False)
     with pytest.raises(ValueError, match="pages for a table of 4"):
         table.fill([torch.zeros(1, 2, 2, 3 * CHUNK + 1, 32)], [0], torch.ones(16), torch.zeros(1, 2, 8, 2, 32), 0, 1)
+
+
+def test_a_table_filled_for_the_kernel_serves_the_torch_form_after_a_kernel_failure(monkeypatch):
+    """After a kernel failure (pages._OK off) a table filled for the kernel answers through the torch form,
+    the same numbers as a table filled for the torch form."""
+    import star_runtime.attention.pages as pages
+
+    scope: dict = {}
+    exec(SETUP, scope)  # noqa: S102
+    entries, offs, inv, own, L, q, refs = scope["case"]([300, 40], 4, 2, 32, 5, 16)
+    monkeypatch.setitem(pages._OK, "ok", False)
+    tables = []
+    for kernel in (True, False):
+        table = PageTable(16, 2, 16, "cpu", kernel=kernel)
+        table.fill(entries, offs, inv, own, L, 16)
+        tables.append(table)
+    for layer, (ref, _) in enumerate(refs):
+        out, lse = tables[0].attend(layer, q, 32 ** -0.5)
+        out2, lse2 = tables[1].attend(layer, q, 32 ** -0.5)
+        assert torch.equal(out, out2) and torch.equal(lse, lse2)
+        assert (out[0, :, :5].double() - ref[:, :5]).abs().max() < 2e-5
