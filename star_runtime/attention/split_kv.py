@@ -124,8 +124,9 @@ def _kernels():
         tl.store(L + s * sl_s + a * sl_a + qh * sl_h + t, lse, mask=row_ok)
 
     @triton.jit
-    def merge_kernel(O, L, OUT, LSE, so_s, sl_s, S, D: tl.constexpr, BLOCK_S: tl.constexpr):
-        """Row r of the flattened (A, Hq, Tb): lse = logsumexp_s L[s, r], out = sum_s exp(L[s, r] - lse) O[s, r]."""
+    def merge_kernel(O, L, OUT, LSE, so_s, sl_s, S, TB, sout_h, sout_t, D: tl.constexpr, BLOCK_S: tl.constexpr):
+        """Row r of the flattened (A, Hq, Tb): lse = logsumexp_s L[s, r], out = sum_s exp(L[s, r] - lse) O[s, r],
+        stored at (r // Tb) * sout_h + (r % Tb) * sout_t (head-major: Tb * D, D; token-major: D, rows * D)."""
         r = tl.program_id(0)
         sp = tl.arange(0, BLOCK_S)
         d = tl.arange(0, D)
@@ -140,7 +141,7 @@ def _kernels():
         seen = tot > 0
         out = acc / tl.where(seen, tot, 1.0)
         lse = tl.where(seen, m_safe + tl.log(tl.where(seen, tot, 1.0)), float("-inf"))
-        tl.store(OUT + r * D + d, out.to(OUT.dtype.element_ty))
+        tl.store(OUT + (r // TB) * sout_h + (r % TB) * sout_t + d, out.to(OUT.dtype.element_ty))
         tl.store(LSE + r, lse)
 
     _KERNELS.update(split=split_kernel, merge=merge_kernel)
@@ -227,12 +228,22 @@ def _attend(q, k, v, table, layer, c, hkv, strides, base, scale, splits, fp32_ou
     return merge_splits(o_part, l_part, torch.float32 if fp32_out else q.dtype)
 
 
-def merge_splits(o_part: torch.Tensor, l_part: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The splits' partials merged by their log-sum-exp (fp32), one small launch: o_part (S, ..., D) and
-    l_part (S, ...) fp32 contiguous -> out (..., D) in ``dtype``, lse (...) fp32."""
+def merge_splits(o_part: torch.Tensor, l_part: torch.Tensor, dtype, token_major: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The splits' partials merged by their log-sum-exp (fp32), one small launch: o_part (S, ..., Hq, Tb, D)
+    and l_part (S, ..., Hq, Tb) fp32 contiguous -> out (..., Hq, Tb, D) in ``dtype``, lse (..., Hq, Tb) fp32.
+    token_major (o_part (S, Hq, Tb, D)): out is a (Hq, Tb, D) view of (Tb, Hq, D) memory, so the decoder's
+    transpose back to tokens x heads copies nothing."""
     splits, d = o_part.shape[0], o_part.shape[-1]
-    out = torch.empty(o_part.shape[1:], dtype=dtype, device=o_part.device)
+    hq, tb = o_part.shape[-3], o_part.shape[-2]
+    if token_major:
+        if o_part.dim() != 4:
+            raise ValueError("token-major output is for one row: o_part (S, Hq, Tb, D)")
+        out = torch.empty((tb, hq, d), dtype=dtype, device=o_part.device).transpose(0, 1)
+    else:
+        out = torch.empty(o_part.shape[1:], dtype=dtype, device=o_part.device)
     lse = torch.empty(l_part.shape[1:], dtype=torch.float32, device=o_part.device)
-    _kernels()["merge"][(lse.numel(),)](o_part, l_part, out, lse, o_part.stride(0), l_part.stride(0), splits, D=d,
+    _kernels()["merge"][(lse.numel(),)](o_part, l_part, out, lse, o_part.stride(0), l_part.stride(0), splits, tb,
+                                        out.stride(-3), out.stride(-2), D=d,
                                         BLOCK_S=max(2, 1 << (splits - 1).bit_length()), num_warps=4)
     return out, lse
