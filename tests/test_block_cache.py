@@ -221,3 +221,20 @@ def test_a_block_twice_in_one_prompt_is_looked_up_and_encoded_once():
     with make_engine(attn_type="block") as eng:
         rep = run(eng, [PASSAGES[0], PASSAGES[1], PASSAGES[0]])
     assert rep.cache["misses"] == 2 and rep.cache["hits"] == 0
+
+
+def test_block_key_is_the_sha256_of_the_int64_ids_however_they_come():
+    """The content address disk tiers were written under: sha256(model id + int64 ids) -- from a list, a tuple or
+    an array alike."""
+    import hashlib
+
+    import numpy as np
+
+    from star_runtime.kv.block_store import block_key
+
+    ids = [0, 1, 49151, 128255, 7, 2 ** 40]
+    h = hashlib.sha256(b"model|x")
+    h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    want = h.hexdigest()[:32]
+    assert block_key("model|x", ids) == block_key("model|x", tuple(ids)) == block_key("model|x", np.array(ids)) == want
+    assert block_key("model|y", ids) != want and block_key("model|x", ids[:-1]) != want

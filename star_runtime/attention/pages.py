@@ -195,7 +195,7 @@ def _kernel():
     @triton.jit
     def paged_kernel(Q, KV, META, ROT, O, L, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h, TB, scale_log2,
                      HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, S: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, FAST: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAST: tl.constexpr,
                      STAGES: tl.constexpr):
         mt = tl.program_id(0)
         s = tl.program_id(1)
@@ -231,12 +231,14 @@ def _kernel():
             a1, a2 = q1.to(tl.float32), q2.to(tl.float32)
             r1 = (a1 * c + a2 * sn).to(Q.dtype.element_ty)
             r2 = (a2 * c - a1 * sn).to(Q.dtype.element_ty)
-            lo = n * 0  # where the masked walk starts: past a whole page taken unmasked
+            lo = (n * 0).to(tl.int32)  # where the masked walk starts: past the whole tiles taken unmasked
             if FAST:
-                if (n == CHUNK) & (causal == 0) & (ts == D):
-                    # a whole cached page: contiguous keys, every one seen -- no masks, a fixed trip count
-                    for f0 in tl.range(0, CHUNK, BLOCK_N, num_stages=STAGES):
-                        fb = kb + (f0 + jl)[:, None] * D  # contiguous keys
+                if (causal == 0) & (ts == D):
+                    # a cached page's whole tiles: contiguous keys, every one seen -- no masks; its last partial
+                    # tile (passages of uneven length) goes to the masked walk below
+                    n_full = ((n // BLOCK_N) * BLOCK_N).to(tl.int32)
+                    for f0 in tl.range(0, n_full, BLOCK_N, num_stages=STAGES):
+                        fb = kb + (f0 + jl)[:, None] * D
                         fqk = tl.dot(r1, tl.trans(tl.load(fb + e[None, :])))
                         fqk = tl.dot(r2, tl.trans(tl.load(fb + HALF + e[None, :])), fqk)
                         fm = tl.maximum(m_i, tl.max(fqk, 1))
@@ -246,7 +248,7 @@ def _kernel():
                         fv = tl.load(fb + vo + d[None, :])
                         acc = acc * fa[:, None] + tl.dot(fp.to(fv.dtype), fv)
                         m_i = fm
-                    lo = n
+                    lo = n_full
             for start in range(lo, n, BLOCK_N):
                 j = (start + jl).to(tl.int64)
                 kmask = j < n
@@ -309,6 +311,6 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
         q, table.kv, table.meta, table.rot, o_part, l_part, layer, table.capacity, q.stride(1), q.stride(2),
         o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1), tb,
         scale * 1.4426950408889634, HKV=hkv, G=g, D=d, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
-        CHUNK=table.chunk, FAST=fast, STAGES=stages, num_warps=warps, num_stages=stages)
+        FAST=fast, STAGES=stages, num_warps=warps, num_stages=stages)
     out, lse = merge_splits(o_part, l_part, q.dtype, token_major=True)  # (Hq, Tb, D) over (Tb, Hq, D) memory
     return out.unsqueeze(0), lse.unsqueeze(0)

@@ -11,6 +11,7 @@ offsets and concatenates them into its context shard.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import OrderedDict
@@ -260,8 +261,8 @@ class BlockMode(Mode):
                                   f"{state.window}; split it into smaller passages")
         k = len(ids) if cfg.num_local_attention_blocks < 0 else cfg.num_local_attention_blocks
         local, folded = ids[:k], ids[k:]
-        qry = [t for b in folded for t in b] + query_ids
-        ctx = [t for b in local for t in b]
+        qry = list(itertools.chain.from_iterable(folded)) + query_ids
+        ctx = list(itertools.chain.from_iterable(local))
         tag = frame_tag(state.model_config, len(ctx) + len(qry))
         return Prompt(ctx, qry, state.place(local, cfg.world_size, tag))
 
