@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import star_runtime.attention.partial as partial  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from floors import copy_bandwidth  # noqa: E402
+import star_runtime.attention.pages as pages  # noqa: E402
 from star_runtime.attention.pages import PageTable, capacity_bucket, pages_needed  # noqa: E402
 
 
@@ -115,15 +116,22 @@ def main():
             table.fill(entries, [512 * i for i in range(len(lens))], inv, own, ctx, tb)
             row["paged_us"] = round(time_us(lambda: table.attend(0, q, d ** -0.5), graph=True), 1)
             ref = table.attend(0, q, d ** -0.5)[0].float()
+            if not pages._OK["ok"]:
+                raise SystemExit("the in-place kernel did not build or launch here (see its notice above)")
             for conf in args.page_configs:
                 table.config = tuple(int(x) for x in conf.split(":"))
                 try:
+                    if not 4 <= len(table.config) <= 6:
+                        raise ValueError("give 4 to 6 numbers")
                     err = (table.attend(0, q, d ** -0.5)[0].float() - ref).abs().max().item()
+                    if not pages._OK["ok"]:  # the kernel failed and its torch form answered: not this config's time
+                        raise RuntimeError("the kernel did not build or launch")
                     if err > 0.05:
                         raise ValueError(f"differs from the default by {err:.3f}")
                     row[f"paged_{conf}"] = round(time_us(lambda: table.attend(0, q, d ** -0.5), graph=True), 1)
                 except Exception as e:  # noqa: BLE001 -- a tile shape this Triton cannot build: say so, go on
                     row[f"paged_{conf}"] = f"{type(e).__name__}: {str(e)[:60]}"
+                pages._OK["ok"] = True  # the next config gets the kernel again
             table.config = None
             # passages of uneven length (as retrieved text is): 384-639 tokens, pages with a partial last tile
             g = torch.Generator().manual_seed(0)
@@ -136,6 +144,8 @@ def main():
                               kernel=True)
             table.fill(entries, [sum(uneven[:i]) for i in range(len(entries))], inv, own, ctx, tb)
             row["paged_uneven_us"] = round(time_us(lambda: table.attend(0, q, d ** -0.5), graph=True), 1)
+            if not pages._OK["ok"]:  # timed over the torch form: no kernel number to give
+                row["paged_uneven_us"], pages._OK["ok"] = "kernel failed", True
             entries = own = table = None
         rows.append(row)
         q = k = v = call = None  # free the buffers before the next case
