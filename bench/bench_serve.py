@@ -155,7 +155,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="random:llama3-8b")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--prefill_layers", default="eager")
+    p.add_argument("--prefill_layers", default="auto",
+                   help="the servers' --prefill_layers (auto: compiled decoder layers on GPUs, the serve default)")
     p.add_argument("--rates", nargs="+", type=float, default=[0.5, 1.0, 2.0])
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--passages", type=int, default=256)

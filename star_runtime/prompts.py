@@ -22,11 +22,28 @@ def chat_template_parts(tokenizer) -> tuple[str, str]:
     """The chat template's text before and after the user turn's content (head, tail)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError("--chat_template was given but this tokenizer has no chat template; drop the flag")
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": _MARK}], tokenize=False, add_generation_prompt=True
-    )
-    head, tail = text.split(_MARK, 1)
-    return head, tail
+    return rendered(tokenizer, [{"role": "user", "content": _MARK}], _MARK)
+
+
+def rendered(tokenizer, messages: list[dict], mark: str) -> tuple[str, str]:
+    """The chat template of ``messages`` with a generation prompt, cut at ``mark`` (head, tail), remembered per
+    template and messages: rendering a Jinja template takes ~0.1-0.3 ms, and a server renders the same
+    conversation heads (a system prompt, a question turn) request after request."""
+    parts = tuple((m["role"], m["content"]) for m in messages)
+    key = (id(tokenizer), tokenizer.chat_template, mark, parts)
+    out = _RENDERED.get(key)
+    if out is None or out[0] is not tokenizer:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        head, tail = text.split(mark, 1)
+        if sum(len(c) for _, c in parts) > 16384:  # long conversations are not kept
+            return head, tail
+        if len(_RENDERED) > 4096:
+            _RENDERED.clear()
+        out = _RENDERED[key] = (tokenizer, (head, tail))
+    return out[1]
+
+
+_RENDERED: dict = {}  # key -> (tokenizer, (head, tail)): the tokenizer is held, so its id is not reused
 
 
 def split_chat_template(tokenizer, context: str, query: str) -> tuple[str, str]:

@@ -31,7 +31,7 @@ from ..kv.gather import gather_rotate
 from ..kv.shard import ContextShard
 from ..models.loader import head_dim, num_layers, text_config
 from ..progress import tick
-from ..prompts import TokenCache, split_blocks, tokenize_blocks
+from ..prompts import TokenCache, chat_template_parts, split_blocks, tokenize_blocks
 from .base import Mode, Prompt
 
 
@@ -57,17 +57,35 @@ class BlockPlacement:
         self.lock = threading.Lock()  # a server places in its request threads and forgets in its scheduler
         self.home: OrderedDict[str, int] = OrderedDict()  # block key -> worker that encoded it
         self.tokens = TokenCache()  # block text -> ids: a passage seen before is not tokenized again
+        # (tag, block text) -> its key: a recurring passage is not hashed again (~20 us of a request's
+        # preparation a passage). The text's ids are a function of the text (TokenCache), so is the key.
+        self.keys: OrderedDict[tuple[str, str], str] = OrderedDict()
 
-    def place(self, blocks: list[list[int]], world: int, tag: str = "") -> list[BlockSpec]:
-        """tag: what of the prompt changes a block's KV besides its tokens (attention/rope.py frame_tag)."""
+    def place(self, blocks: list[list[int]], world: int, tag: str = "", texts: list[str] | None = None
+              ) -> list[BlockSpec]:
+        """tag: what of the prompt changes a block's KV besides its tokens (attention/rope.py frame_tag).
+        texts: the blocks' texts (their ids tokenized by this placement's TokenCache), to remember keys by."""
         with self.lock:
-            return self._place(blocks, world, tag)
+            return self._place(blocks, world, tag, texts)
 
-    def _place(self, blocks: list[list[int]], world: int, tag: str) -> list[BlockSpec]:
+    def _key(self, ids: list[int], tag: str, text: str | None) -> str:
+        if text is None:
+            return block_key(self.model_id + tag, ids)
+        key = self.keys.get((tag, text))
+        if key is None:
+            key = self.keys[(tag, text)] = block_key(self.model_id + tag, ids)
+            while len(self.keys) > 200_000:
+                self.keys.popitem(last=False)
+        else:
+            self.keys.move_to_end((tag, text))
+        return key
+
+    def _place(self, blocks: list[list[int]], world: int, tag: str, texts: list[str] | None = None
+               ) -> list[BlockSpec]:
         load = [0] * world
         specs, offset = [], 0
-        for ids in blocks:
-            key = block_key(self.model_id + tag, ids)
+        for i, ids in enumerate(blocks):
+            key = self._key(ids, tag, texts[i] if texts is not None else None)
             rank = self.home.get(key)
             if rank is None or rank >= world:
                 rank = min(range(world), key=lambda r: (load[r], r))
@@ -255,6 +273,8 @@ class BlockMode(Mode):
         if not query.strip():
             raise ConfigError(f"{where}: input_query is empty; give the question or instruction")
         ids, query_ids = tokenize_blocks(tokenizer, texts, query, cfg.chat_template, state.tokens)
+        if len(ids) == len(texts) + 1:  # tokenize_blocks made the chat template's head the first block
+            texts = [chat_template_parts(tokenizer)[0]] + texts
         for i, b in enumerate(ids):
             if len(b) > state.window:
                 raise ConfigError(f"{where}: block {i} has {len(b)} tokens, beyond the model window of "
@@ -264,7 +284,7 @@ class BlockMode(Mode):
         qry = list(itertools.chain.from_iterable(folded)) + query_ids
         ctx = list(itertools.chain.from_iterable(local))
         tag = frame_tag(state.model_config, len(ctx) + len(qry))
-        return Prompt(ctx, qry, state.place(local, cfg.world_size, tag))
+        return Prompt(ctx, qry, state.place(local, cfg.world_size, tag, texts[:len(local)]))
 
     def record(self, cfg, req, reply, world):
         return {"blocks": len(req.blocks), "block_cache": reply.cache}

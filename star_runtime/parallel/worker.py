@@ -270,7 +270,6 @@ class Worker:
                     self._arena_call = False
                 sync_device(self.device)
                 t1 = time.perf_counter()
-                q = torch.tensor(r.query_ids, dtype=torch.long, device=self.device)
                 eos = self.eos | (set(r.extra_eos) if not self.cfg.ignore_eos else set())
                 seqs.eos = eos
                 sampler, stop = self._sampler(r, self.cfg), self._stop_checker(r, self.cfg)
@@ -286,19 +285,22 @@ class Worker:
                     path = "table" if shard.blocks is None else "pages"
                     if logits is None:  # a query longer than the table step's: the arena's own prefill
                         arena.load(shard)  # (gathers a deferred context first)
+                        q = torch.tensor(r.query_ids, dtype=torch.long, device=self.device)
                         tb = query_bucket(q.numel())
                         if tb not in arena.prefills:
                             arena.prefills[tb] = PrefillStep(self.model, self.group, arena, tb, decode == "graph",
                                                              self.cfg.prefill_layers)
                         logits = arena.prefills[tb](q, n)
                         path = "arena"
-                    tok, flag = seqs.adopt(r.index, arena, logits, n + q.numel(), r.max_new_tokens, sampler, stop)
+                    tok, flag = seqs.adopt(r.index, arena, logits, n + len(r.query_ids), r.max_new_tokens, sampler,
+                                           stop)
                 else:
+                    q = torch.tensor(r.query_ids, dtype=torch.long, device=self.device)
                     tok, flag = seqs.add(r.index, shard, q, len(r.context_ids), r.max_new_tokens, sampler, stop)
                 sync_device(self.device)
                 after = mode.counters(self)
                 counts = None if before is None else {k: after[k] - before[k] for k in after}
-                if counts is not None:
+                if counts is not None and self.group.world_size > 1:  # each worker counts its own blocks
                     summed = self.group.all_gather(torch.tensor(list(counts.values()), device=self.device))
                     counts = dict(zip(counts, summed.sum(0).tolist()))
                 opened.append((tok, flag, t1 - t0, time.perf_counter() - t1, counts))

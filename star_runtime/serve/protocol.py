@@ -7,6 +7,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from ..prompts import rendered
+
 SAMPLING = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "stream",
             "stream_options", "n"}
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
@@ -173,9 +175,7 @@ def chat_pieces(tokenizer, messages: list[dict]) -> tuple[str, str]:
     if not getattr(tokenizer, "chat_template", None):
         raise APIError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
     last = messages[-1]["content"]
-    text = tokenizer.apply_chat_template(messages[:-1] + [{"role": "user", "content": MARK}], tokenize=False,
-                                         add_generation_prompt=True)
-    head, tail = text.split(MARK, 1)
+    head, tail = rendered(tokenizer, messages[:-1] + [{"role": "user", "content": MARK}], MARK)
     return head, last + tail
 
 
