@@ -96,7 +96,7 @@ def snapshot(url: str) -> dict:
         text = r.read().decode()
     out = {}
     for name in ("star_runtime_decode_step_seconds", "star_runtime_prefill_seconds", "star_runtime_prepare_seconds",
-                 "star_runtime_time_to_first_token_seconds"):
+                 "star_runtime_queue_wait_seconds", "star_runtime_time_to_first_token_seconds"):
         for m in re.finditer(rf"^{name}_(count|sum)(\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M):
             label = m.group(2) or ""
             c, s_ = out.get(name + label, (0.0, 0.0))

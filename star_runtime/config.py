@@ -61,6 +61,10 @@ class RunConfig:
     passing_tokens: int = knob(-1, "apb: tokens of each block that later blocks also see, chosen by the query "
                                    "(-1: block / 8; 0 = star; >= block = dense); the context's KV then depends "
                                    "on the query and is never reused across queries", "layout")
+    query_before_blocks: bool = knob(False, "apb: every block after the first also sees the query, encoded "
+                                            "just before it (after the anchor and the passing tokens), as APB's "
+                                            "query in the anchor; the blocks' KV then knows the question (no "
+                                            "longer star / dense at passing 0 / block)", "layout")
     max_batch_tokens: int = knob(0, "star: at most this many tokens per phase-1 batch of blocks (0: all of a "
                                     "worker's blocks)", "layout")
     block_delimiter: str = knob("\n\n", "block mode: passages of input_context are cut at this text "

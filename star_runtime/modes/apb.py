@@ -16,6 +16,12 @@ What it is exactly: with --passing_tokens 0 it is star attention token for token
 block size every block sees every token before it, i.e. dense causal attention. In between it approximates
 dense better than star at a cost of (passing tokens x earlier blocks) extra keys per block and the query rows.
 The context's KV depends on the query: nothing is reusable across queries (no block cache).
+
+--query_before_blocks (off by default): APB also carries the query in the anchor, so every block is encoded
+knowing the question. Here every block after the first sees the query's tokens encoded just before it
+(positions start - T .. start - 1, seeing [anchor ; passing ; themselves]); their KV is dropped after phase 1.
+This changes what the blocks encode (neither star nor dense any more at passing 0 or the block size): an
+approximation of a prompt that asks before each block, measured against dense on RULER in docs/accuracy.md.
 """
 
 from __future__ import annotations
@@ -71,10 +77,14 @@ class PassingBlocks:
     to the next layer's scoring.
     """
 
-    def __init__(self, shard: ContextShard, anchor, segments, t: int, count: int, group, blocks_of_rank):
+    def __init__(self, shard: ContextShard, anchor, segments, t: int, count: int, group, blocks_of_rank,
+                 before: dict | None = None):
+        """before: block index -> start in the sequence of the query's tokens encoded before that block
+        (--query_before_blocks), each T long."""
         self.shard, self.anchor, self.segments, self.t, self.count = shard, anchor, segments, t, count
         self.group, self.blocks_of_rank = group, blocks_of_rank
         self.per_rank = max(len(b) for b in blocks_of_rank)
+        self.before = before or {}
 
     def _exchange(self, picked):
         """Every worker's passing KV, by global block index: {i: (k, v) each (Hkv, P_i, D)}."""
@@ -116,6 +126,16 @@ class PassingBlocks:
             qb, kb, vb = q[:, :, s: s + n], k[:, :, s: s + n], v[:, :, s: s + n]
             seen_k = ([ak[0]] if i > 0 else []) + [passing[j][0] for j in range(i) if j in passing]
             seen_v = ([av[0]] if i > 0 else []) + [passing[j][1] for j in range(i) if j in passing]
+            if i in self.before:  # the query encoded before the block: [anchor ; passing] and itself causally
+                p0 = self.before[i]
+                qp, kp, vp = q[:, :, p0: p0 + t], k[:, :, p0: p0 + t], v[:, :, p0: p0 + t]
+                op, lp = partial_attention(qp, kp, vp, scale, causal=True, native_out=True)
+                if seen_k:
+                    oc, lc = partial_attention(qp, torch.cat(seen_k, dim=1).unsqueeze(0),
+                                               torch.cat(seen_v, dim=1).unsqueeze(0), scale, native_out=True)
+                    op, _ = merge_two_like(op, lp, oc, lc)
+                out[:, :, p0: p0 + t] = op.to(q.dtype)
+                seen_k, seen_v = seen_k + [kp[0]], seen_v + [vp[0]]
             ob, lb = partial_attention(qb, kb, vb, scale, causal=True, native_out=True)
             ck = torch.cat(seen_k, dim=1).unsqueeze(0) if seen_k else None
             cv = torch.cat(seen_v, dim=1).unsqueeze(0) if seen_v else None
@@ -138,7 +158,7 @@ class PassingBlocks:
 
 @torch.inference_mode()
 def encode_apb(model, ctx: torch.Tensor, query: torch.Tensor, plan: StarPlan, count: int, group,
-               prefill_layers: str = "auto") -> ContextShard:
+               prefill_layers: str = "auto", query_before: bool = False) -> ContextShard:
     """Phase 1 of this rank's blocks with passing. ctx: (L,) long, query: (T,) long, on the model device.
 
     As star: rank 0 encodes the anchor [0, A) once and broadcasts it layer by layer; with A == S block 0 is the
@@ -156,10 +176,16 @@ def encode_apb(model, ctx: torch.Tensor, query: torch.Tensor, plan: StarPlan, co
         blocks_of_rank[0] = blocks_of_rank[0][1:]  # block 0 is the anchor: it passes nothing
     if plan.num_blocks == 1:
         count = 0
-    t = query.numel() if count > 0 else 0  # nothing passes: no query rows (star)
+    t = query.numel() if count > 0 or query_before else 0  # nothing passes: no query rows (star)
     ids, pos, segments, at = [], [], [], 0
+    before = {}
     for b in mine:
         n = min(s, length - b * s)
+        if query_before and b > 0:  # the query's tokens right before the block
+            before[b] = at
+            ids.append(query[:t])
+            pos.append(torch.arange(b * s - t, b * s, device=dev))
+            at += t
         ids += [ctx[b * s: b * s + n], query[:t]]
         pos += [torch.arange(b * s, b * s + n, device=dev), torch.arange(length, length + t, device=dev)]
         segments.append((b, at, n, a if b == 0 else 0))
@@ -168,7 +194,7 @@ def encode_apb(model, ctx: torch.Tensor, query: torch.Tensor, plan: StarPlan, co
         if anchor is not None:
             anchor.finish()
         return shard
-    state = PassingBlocks(shard, anchor, segments, t, count, group, blocks_of_rank)
+    state = PassingBlocks(shard, anchor, segments, t, count, group, blocks_of_rank, before)
     with attention_state(state):
         if segments:
             run_decoder(model, torch.cat(ids).unsqueeze(0), torch.cat(pos).unsqueeze(0), prefill_layers)
@@ -190,15 +216,18 @@ class ApbMode(StarMode):
         query = torch.tensor(req.query_ids, dtype=torch.long, device=worker.device)
         plan = config_plan(cfg, ctx.numel(), worker.group.world_size)
         return encode_apb(worker.model, ctx, query, plan, passing_count(cfg, plan), worker.group,
-                          cfg.prefill_layers)
+                          cfg.prefill_layers, cfg.query_before_blocks)
 
     def record(self, cfg, req, reply, world):
         plan = config_plan(cfg, len(req.context_ids), world)
         return {"block_size": plan.block_size, "passing_tokens": passing_count(cfg, plan)}
 
     def settings(self, cfg):
-        return {**super().settings(cfg), "passing_tokens": cfg.passing_tokens}
+        return {**super().settings(cfg), "passing_tokens": cfg.passing_tokens,
+                "query_before_blocks": cfg.query_before_blocks}
 
     def run_tag(self, cfg):
-        """star's tag and _p<passing tokens> (_pauto for one eighth of the block)."""
-        return super().run_tag(cfg) + ("_pauto" if cfg.passing_tokens < 0 else f"_p{cfg.passing_tokens}")
+        """star's tag and _p<passing tokens> (_pauto for one eighth of the block), _qb with the query before
+        every block."""
+        return (super().run_tag(cfg) + ("_pauto" if cfg.passing_tokens < 0 else f"_p{cfg.passing_tokens}")
+                + ("_qb" if cfg.query_before_blocks else ""))

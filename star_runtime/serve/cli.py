@@ -64,6 +64,9 @@ def main(argv=None) -> int:
         name = a.served_model_name or (cfg.model_path if (cfg.model_path or "").startswith("random:")
                                        else engine.source.name)
         state = ServerState(engine, scheduler, metrics, name, a.api_key, int(a.max_body_mb * (1 << 20)))
+        # two Python threads share the interpreter: the HTTP event loop and the scheduler driving the GPU. The
+        # default 5 ms switch interval lets one hold the lock for 5 ms while the other waits to launch a step
+        sys.setswitchinterval(0.001)
         scheduler.start()
         print(f"[star-runtime] serving {name} on http://{a.host}:{a.port}/v1 ({cfg.attn_type} attention, "
               f"{cfg.world_size} worker(s))", file=sys.stderr, flush=True)

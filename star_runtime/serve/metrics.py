@@ -18,6 +18,9 @@ class Metrics:
                                  "placement, before it is queued", buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("star_runtime_time_to_first_token_seconds", "submission (after preparing) to first "
                               "token", buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram("star_runtime_queue_wait_seconds", "submission to admission: a request "
+                                    "waiting in the queue, for the scheduler to wake and for a running step to end",
+                                    buckets=LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("star_runtime_inter_token_latency_seconds", "between a request's tokens",
                              buckets=LATENCY_BUCKETS, registry=r)
         self.generated = Counter("star_runtime_generated_tokens", "tokens generated", registry=r)

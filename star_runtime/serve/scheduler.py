@@ -206,6 +206,7 @@ class Scheduler:
                     job = self.waiting.popleft()
                     if not job.cancelled:
                         new.append(job)
+                        self.metrics.queue_wait.observe(time.perf_counter() - job.submitted)
                 self.metrics.queue_depth.set(len(self.waiting))
                 step = list(self.running)
                 if self.stopping and not self.running and not new:
