@@ -144,7 +144,9 @@ def main():
             if mode == "star":
                 fl = star_flops(shape, length, world, eff_block)
             elif mode == "apb":
-                fl = apb_flops(shape, length, world, eff_block, max(1, eff_block // 8), a.query_tokens)
+                passing = max(1, eff_block // 8) if cfg.passing_tokens < 0 else cfg.passing_tokens
+                fl = apb_flops(shape, length, world, eff_block, passing, a.query_tokens,
+                               query_before=cfg.query_before_blocks)
             elif mode == "ring":
                 fl = ring_flops(shape, length, world)
             else:

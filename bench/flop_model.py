@@ -77,11 +77,13 @@ def star_flops(shape: Shape, length: int, workers: int, block: int, anchor: int 
 
 
 def apb_flops(shape: Shape, length: int, workers: int, block: int, passing: int, query: int,
-              anchor: int | None = None) -> dict:
+              anchor: int | None = None, query_before: bool = False) -> dict:
     """Star's FLOPs plus apb's (modes/apb.py) on the busiest GPU: each block i also attends to the passing
     tokens of the blocks before it (block 0 passes only its tokens past the anchor), the query's T tokens
     run behind each block (their linear layers, their attention over [anchor ; passing ; block ; themselves])
-    and score the block's keys (one more query-key product, T x n per block)."""
+    and score the block's keys (one more query-key product, T x n per block). query_before
+    (--query_before_blocks): T more tokens before every block after the first, over [anchor ; passing ;
+    themselves], and the block's n tokens over them."""
     plan = star_plan(length, block, anchor if anchor is not None else -1, workers)
     s, a = plan.block_size, plan.anchor
     sizes_all = [min(s, length - b * s) for b in range(plan.num_blocks)]
@@ -95,9 +97,14 @@ def apb_flops(shape: Shape, length: int, workers: int, block: int, passing: int,
             n = sizes_all[b]
             seen = sum(passed[:b])
             extra_pairs += n * seen  # the block over earlier blocks' passing tokens
-            if passing > 0 and plan.num_blocks > 1:
+            before = query_before and b > 0 and plan.num_blocks > 1
+            if (passing > 0 or query_before) and plan.num_blocks > 1:
                 extra_tokens += query
                 extra_pairs += query * ((a if b else 0) + seen + n + query / 2) + query * n / 2  # + scoring
+                extra_pairs += query * query if before else 0  # the rows behind also see the copy before
+            if before:
+                extra_tokens += query
+                extra_pairs += query * (a + seen + query / 2) + n * query
         flops = {"linear": extra_tokens * shape.linear_flops_per_token,
                  "attention": extra_pairs * shape.attention_flops_per_pair}
         if busiest is None or sum(flops.values()) > sum(busiest.values()):
