@@ -87,8 +87,7 @@ def create_app(state: ServerState) -> FastAPI:
             if p.model != state.model_name:
                 raise APIError(404, f"the model '{p.model}' does not exist here; this server serves "
                                     f"'{state.model_name}' (GET /v1/models)", param="model", code="model_not_found")
-            job = await asyncio.to_thread(make_job, state, p, asyncio.get_running_loop())
-            state.scheduler.submit(job)
+            job = await asyncio.to_thread(make_job, state, p, asyncio.get_running_loop())  # queued there
         except APIError as e:
             return error(e, route)
         rid = new_id(kind)
@@ -139,7 +138,9 @@ def create_app(state: ServerState) -> FastAPI:
 
 
 def make_job(state: ServerState, p, loop) -> Job:
-    """Tokenize and check the request (the engine's prepare, one at a time), as a Job for the scheduler."""
+    """Tokenize and check the request (the engine's prepare, one at a time), as a Job, and queue it for the
+    scheduler from this thread: handing it back to the event loop first cost ~0.9 ms before the scheduler
+    could see it (the loop's wake-up, the interpreter lock)."""
     t0 = time.perf_counter()
     eng = state.engine
     sid = state.scheduler.new_sid()
@@ -179,6 +180,8 @@ def make_job(state: ServerState, p, loop) -> Job:
     job = Job(req, p, loop, TextStream(eng.tokenizer, p.stop or list(cfg.stop_words)))
     job.prepare_s = job.submitted - t0  # the job's clock starts where its preparation ends
     state.metrics.prepare.observe(job.prepare_s)
+    state.scheduler.submit(job)
+    time.sleep(0)  # let go of the interpreter lock: the woken scheduler thread starts the request now
     return job
 
 
