@@ -1,10 +1,14 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
-
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One compute thread per process unless OMP_NUM_THREADS says otherwise: the suite runs servers, Ray workers
+# and CLI subprocesses beside each other on few cores, where the small test models' intra-op threads
+# mostly wait for one another (a decode step is several times slower with two threads on a busy core).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from star_runtime.config import RunConfig  # noqa: E402
 from star_runtime.engine import Engine  # noqa: E402

@@ -90,7 +90,7 @@ def test_killed_run_resumes_and_writes_every_sample_once(tmp_path):
     assert 2 <= first.count("\n") < 6, "the run should be killed part way"
     with open(out, "a") as f:  # a torn line, as if killed mid-write
         f.write('{"index": 5, "pred": "trunc')
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert run_main(infer_main, cmd[2:]) == 0  # the same command line resumed, in this process
     recs = [json.loads(l) for l in out.read_text().splitlines()]
     assert sorted(r["index"] for r in recs) == list(range(6))
     assert out.read_text().startswith(first)
@@ -104,15 +104,15 @@ def test_torchrun_ranks_match_single_worker(tmp_path):
     write_jsonl(inp, rows)
     common = ["--model_path", "random:tiny", "--input_path", str(inp), "--tokens_to_generate", "6"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(ROOT / "run_star_attn_inference.py"), *common, "--attn_type", "dense",
-                    "--output_path", str(tmp_path / "dense.jsonl")], check=True, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dense_path = tmp_path / "dense.jsonl"
+    # the single-worker reference runs in this process
+    assert run_main(infer_main, [*common, "--attn_type", "dense", "--output_path", str(dense_path)]) == 0
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                     str(29500 + os.getpid() % 1000), str(ROOT / "run_star_attn_inference.py"), *common,
                     "--attn_type", "ring", "-np", "2", "--launcher", "torchrun",
                     "--output_path", str(tmp_path / "ring.jsonl")], check=True, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    dense = [json.loads(l) for l in (tmp_path / "dense.jsonl").read_text().splitlines()]
+    dense = [json.loads(l) for l in dense_path.read_text().splitlines()]
     ring = [json.loads(l) for l in (tmp_path / "ring.jsonl").read_text().splitlines()]
     assert [r["index"] for r in ring] == [0, 1, 2]  # written once, by the query host only
     assert any(r["pred"] for r in dense)

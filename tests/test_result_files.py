@@ -153,20 +153,23 @@ def test_second_writer_is_refused_in_one_line(tmp_path, capsys):
     assert cli(inp, out) == 0  # the lock is gone with its holder
 
 
-def test_two_concurrent_runs_never_interleave(tmp_path):
+def test_two_concurrent_runs_never_interleave(tmp_path, capsys):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_jsonl(inp, rows(16))
+    write_jsonl(inp, rows(8))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(cmd(inp, out, tokens=300), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (out.exists() and out.read_text().count("\n") >= 1) and time.time() < deadline:
         time.sleep(0.05)
-    second = subprocess.run(cmd(inp, out, "--use_cache", tokens=300), env=env, capture_output=True, text=True)
+    # the second run is this process (the lock is the file system's, between any two processes); it is refused
+    # before any model starts, so it returns while the first, 7 samples from its end, is still writing
+    second = cli(inp, out, "--use_cache", tokens=300)
     assert first.poll() is None, "the first run should still be writing"
-    assert second.returncode == 2 and "is writing" in second.stderr.strip().splitlines()[-1], second.stderr[-500:]
+    err = capsys.readouterr().err
+    assert second == 2 and "is writing" in err.strip().splitlines()[-1], err[-500:]
     assert first.wait(timeout=300) == 0
     got = read_rows(out)
-    assert [r["index"] for r in got] == list(range(16))
+    assert [r["index"] for r in got] == list(range(8))
 
 
 def _limit_file_size(limit):
@@ -179,7 +182,7 @@ def _limit_file_size(limit):
 def test_full_disk_ends_in_one_line_and_keeps_every_finished_row(tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(inp, rows(6, words=60))
-    assert subprocess.run(cmd(inp, tmp_path / "probe.jsonl", "--num_samples", "1"), capture_output=True).returncode == 0
+    assert cli(inp, tmp_path / "probe.jsonl", "--num_samples", "1") == 0  # the size of one row
     row_bytes = len((tmp_path / "probe.jsonl").read_bytes())
     # the file system takes 2.5 rows, as a disk that fills up mid-run
     res = subprocess.run(cmd(inp, out), capture_output=True, text=True,
@@ -188,7 +191,7 @@ def test_full_disk_ends_in_one_line_and_keeps_every_finished_row(tmp_path):
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith("error: cannot write") and "the 2 finished rows before this one are kept" in line, line
     assert [r["index"] for r in read_rows(out)] == [0, 1]  # whole rows only, no torn line
-    assert subprocess.run(cmd(inp, out, "--use_cache"), capture_output=True).returncode == 0
+    assert cli(inp, out, "--use_cache") == 0  # the resume, here without the limit
     assert [r["index"] for r in read_rows(out)] == list(range(6))
 
 
@@ -208,7 +211,7 @@ def test_signal_mid_run_keeps_finished_rows_and_resume_completes(tmp_path, sig):
         assert rc == 128 + signal.SIGTERM and "stopped by SIGTERM" in err.strip().splitlines()[-1], err[-500:]
     first = out.read_text()
     assert 2 <= first.count("\n") < 6 and first.endswith("\n")
-    assert subprocess.run(cmd(inp, out, "--use_cache", tokens=300), capture_output=True).returncode == 0
+    assert cli(inp, out, "--use_cache", tokens=300) == 0  # the resume, in this process
     assert sorted(r["index"] for r in read_rows(out)) == list(range(6))
     assert out.read_text().startswith(first)
 

@@ -30,9 +30,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, *flags, model="random:tiny", key=None, wait=180):
+    """A server subprocess; ready=False returns once it is started, and wait_ready() then waits for its health
+    (several servers start side by side that way)."""
+
+    def __init__(self, *flags, model="random:tiny", key=None, wait=180, ready=True):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.key = key
         cmd = [sys.executable, "-m", "star_runtime.cli", "serve", "--port", str(self.port), *flags]
         if model:
             cmd += ["--model_path", model]
@@ -40,6 +44,10 @@ class Server:
             cmd += ["--api_key", key]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
+        if ready:
+            self.wait_ready(wait)
+
+    def wait_ready(self, wait=180):
         deadline = time.time() + wait
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -52,7 +60,7 @@ class Server:
             time.sleep(0.3)
         else:
             raise RuntimeError("server did not become healthy")
-        self.client = OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, timeout=120)
+        self.client = OpenAI(base_url=self.url + "/v1", api_key=self.key or "none", max_retries=0, timeout=120)
         self.model = self.client.models.list().data[0].id
 
     def stop(self, sig=signal.SIGTERM, timeout=90) -> int:
@@ -110,13 +118,18 @@ def test_openai_client_matches_the_cli(tmp_path):
                    + json.dumps({"input_context": DOC, "input_query": " In short, the keeper"}) + "\n")
     base = [sys.executable, str(ROOT / "run_star_attn_inference.py"), "--attn_type", "dense",
             "--tokens_to_generate", "12", "--input_path", str(inp)]
-    subprocess.run(base + ["--chat_template", "--output_path", str(out), "--num_samples", "1"], check=True,
-                   env=ENV, capture_output=True)
-    cli_chat = json.loads(out.read_text().splitlines()[0])["pred"]
     out2 = tmp_path / "out2.jsonl"
-    subprocess.run(base + ["--output_path", str(out2)], check=True, env=ENV, capture_output=True)
-    cli_plain = json.loads(out2.read_text().splitlines()[1])["pred"]
-    with Server("--attn_type", "dense", model=None) as s:
+    with Server("--attn_type", "dense", model=None, ready=False) as s:
+        # the two CLI runs start while the server loads
+        runs = [subprocess.Popen(base + flags, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                for flags in (["--chat_template", "--output_path", str(out), "--num_samples", "1"],
+                              ["--output_path", str(out2)])]
+        for run in runs:
+            err = run.communicate(timeout=300)[1]
+            assert run.returncode == 0, err[-2000:]
+        cli_chat = json.loads(out.read_text().splitlines()[0])["pred"]
+        cli_plain = json.loads(out2.read_text().splitlines()[1])["pred"]
+        s.wait_ready()
         c = s.client
         chat = c.chat.completions.create(model=s.model, messages=[{"role": "user", "content": QUESTION}],
                                          max_tokens=12, extra_body={"documents": [DOC]})
@@ -162,19 +175,20 @@ def test_cached_passages_in_another_order_hit_and_answer_as_a_cold_server():
     docs = [f"Passage {i}: the value of item {i} is {7 * i + 3}. " * 3 for i in range(4)]
     order = [docs[2], docs[0], docs[3], docs[1]]
     msg = [{"role": "user", "content": "What is the value of item 3?"}]
-    with Server("--attn_type", "block") as warm:
+    # the cold server starts beside the warm one and answers only the last request
+    with Server("--attn_type", "block", ready=False) as cold, Server("--attn_type", "block") as warm:
         first = warm.client.chat.completions.create(model=warm.model, messages=msg, max_tokens=8,
                                                     extra_body={"documents": docs})
         second = warm.client.chat.completions.create(model=warm.model, messages=msg, max_tokens=8,
                                                      extra_body={"documents": order})
         hits = metric(warm, "star_runtime_block_cache_hits")
-    assert first.usage.prompt_tokens_details.cached_tokens == 0
-    extra = second.usage.model_extra  # the extension fields of usage
-    assert second.usage.prompt_tokens_details.cached_tokens > 0
-    assert extra["block_cache"]["hits"] == 5 and extra["block_cache"]["misses"] == 0  # 4 passages + the head
-    assert 0 < extra["timing"]["prepare_s"] < extra["timing"]["ttft_s"] < 60  # the server's own seconds
-    assert hits >= 5
-    with Server("--attn_type", "block") as cold:
+        assert first.usage.prompt_tokens_details.cached_tokens == 0
+        extra = second.usage.model_extra  # the extension fields of usage
+        assert second.usage.prompt_tokens_details.cached_tokens > 0
+        assert extra["block_cache"]["hits"] == 5 and extra["block_cache"]["misses"] == 0  # 4 passages + the head
+        assert 0 < extra["timing"]["prepare_s"] < extra["timing"]["ttft_s"] < 60  # the server's own seconds
+        assert hits >= 5
+        cold.wait_ready()
         fresh = cold.client.chat.completions.create(model=cold.model, messages=msg, max_tokens=8,
                                                     extra_body={"documents": order})
     assert fresh.choices[0].message.content == second.choices[0].message.content
@@ -437,8 +451,12 @@ def test_requests_prefill_and_decode_over_their_arenas_by_table_steps_as_the_eag
     prompts = [f"Question {i} about the market in town {i}?" for i in range(4)]
     docs = [DOC, "Copper turns green when it weathers in rain. "]
     out = {}
-    for decode in ("eager", "static"):
-        with Server("--attn_type", "block", "--ignore_eos", "--decode", decode) as s:
+    # both servers start at once; each is then asked alone and together, one server after the other
+    with Server("--attn_type", "block", "--ignore_eos", "--decode", "eager", ready=False) as eager, \
+            Server("--attn_type", "block", "--ignore_eos", "--decode", "static", ready=False) as static:
+        for decode, s in (("eager", eager), ("static", static)):
+            s.wait_ready()
+
             def ask(p):
                 return s.client.chat.completions.create(model=s.model, max_tokens=12, extra_body={"documents": docs},
                                                         messages=[{"role": "user", "content": p}]

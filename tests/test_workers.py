@@ -74,7 +74,7 @@ def test_dead_worker_stops_the_run_with_a_clear_error(ray_session):
 
     eng = make_engine(attn_type="star", num_workers=2, tokens_to_generate=4000)
     victim = eng.launcher.actors[0]
-    timer = threading.Timer(3.0, lambda: ray.kill(victim, no_restart=True))
+    timer = threading.Timer(1.5, lambda: ray.kill(victim, no_restart=True))  # well inside the 4000 tokens
     timer.start()
     t0 = time.time()
     try:
