@@ -55,8 +55,9 @@ def main():
     p.add_argument("--final", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--cache_gib", type=float, default=24.0)
-    p.add_argument("--profile", type=int, default=0, help="profile one warm run at this length")
-    p.add_argument("--trace", default=None, help="with --profile: write its Chrome trace here")
+    p.add_argument("--profile", type=int, nargs="*", default=[], help="profile one warm run at these lengths")
+    p.add_argument("--trace", default=None,
+                   help="with --profile: write each Chrome trace (gzip) to this prefix + _<length>.json.gz")
     p.add_argument("--out", default=None)
     add_flags(p, exclude=("attn_type", "num_workers", "ignore_eos", "block_cache_gpu_gib", "block_cache_cpu_gib"),
               defaults={"model_path": "random:llama3-8b", "device": "cuda", "dtype": "bfloat16"},
@@ -118,16 +119,27 @@ def main():
         row["speedup_vs_dense"] = row["dense_ttft_ms"] / row["warm_ttft_ms"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if a.profile == length:
-            from torch.profiler import ProfilerActivity, profile
+        if length in a.profile:
+            import gzip
+            import shutil
+            import tempfile
+
+            from torch.profiler import ProfilerActivity, profile, record_function
+            from trace_gaps import gaps, load, report
 
             order = torch.randperm(n, generator=g).tolist()
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                run(worker, block_request(passages, final, order, mid))
+                with record_function("request"):
+                    run(worker, block_request(passages, final, order, mid))
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30))
-            if a.trace:
-                prof.export_chrome_trace(a.trace)
             print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "trace.json")
+                prof.export_chrome_trace(path)
+                print(f"[{length}] " + report(gaps(load(path), "request", 16)), flush=True)
+                if a.trace:
+                    with open(path, "rb") as src, gzip.open(f"{a.trace}_{length}.json.gz", "wb") as dst:
+                        shutil.copyfileobj(src, dst)
     print(f"\n{'context':>8} {'warm TTFT ms':>12} {'(phase1':>8} {'final)':>7} {'floor ms':>9} {'/floor':>7} "
           f"{'gathered':>9} {'2nd tok':>8} {'cold ms':>8} {'dense ms':>9} {'speedup':>8}")
     for r in rows:
