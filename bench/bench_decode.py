@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from floors import copy_bandwidth, kv_bytes_per_token, linear_floor_ms  # noqa: E402
+from floors import copy_bandwidth, kv_bytes_per_token, linear_floor_ms, weight_bytes  # noqa: E402
 from star_runtime.config import add_flags, from_args  # noqa: E402
 from star_runtime.decode import generate  # noqa: E402
 from star_runtime.kv.shard import ContextShard  # noqa: E402
@@ -70,6 +70,8 @@ def hf_step_ms(model, shards, length, steps):
     """The stock model's decode step (SDPA, DynamicCache) over the same KV."""
     from transformers import DynamicCache
 
+    from star_runtime.models.fuse import stock_projections
+
     model.set_attn_implementation("sdpa")
     try:
         cache = DynamicCache()
@@ -84,7 +86,8 @@ def hf_step_ms(model, shards, length, steps):
             pos = torch.full((len(shards), 1), length + i, device=dev)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            out = model(tok, past_key_values=cache, use_cache=True, position_ids=pos)
+            with stock_projections(model):  # the stock layers' separate q/k/v, gate/up matmuls
+                out = model(tok, past_key_values=cache, use_cache=True, position_ids=pos)
             tok = out.logits[:, -1].argmax(-1, keepdim=True)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -120,6 +123,7 @@ def main():
         kv_ms = 1000 * batch * (length + a.steps) * per_token / bw
         row = {"card": card, "model": cfg.model_path, "batch": batch, "context": length,
                "floor_ms": weights_ms + kv_ms, "floor_weights_ms": weights_ms, "floor_kv_ms": kv_ms,
+               "floor_bytes_ms": 1000 * weight_bytes(model) / bw + kv_ms,
                "copy_gb_s": bw / 1e9, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
         for layers in a.layers:
             ms = runtime_step_ms(worker, shards, length, a.steps, cfg.decode if cfg.decode != "auto" else "graph",

@@ -28,19 +28,20 @@ def _median_ms(fn, repeats: int = 20) -> float:
 
 @torch.inference_mode()
 def linear_floor_ms(model, tokens: int) -> float:
-    """Milliseconds for every nn.Linear of the decoder layers and the LM head on a (tokens, in) input, one CUDA
-    graph replay (the weights read once; the same matmul kernels the model runs)."""
+    """Milliseconds for every matmul of the decoder layers and the LM head on a (tokens, in) input, one CUDA
+    graph replay (the weights read once; the same matmul kernels the model runs: a fused group of projections,
+    models/fuse.py, as its one matmul)."""
     dev = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    linears = [m for m in model.get_decoder().layers.modules() if isinstance(m, torch.nn.Linear)]
+    mats = matmuls(model)
     head = model.get_output_embeddings()
     head_tokens = 1  # the runtime keeps the logits of the last position only (logits_to_keep=1)
-    xs = {f: torch.randn(tokens, f, device=dev, dtype=dtype) for f in {m.in_features for m in linears}}
+    xs = {w.shape[1]: torch.randn(tokens, w.shape[1], device=dev, dtype=dtype) for w, _ in mats}
     xh = torch.randn(head_tokens, head.in_features, device=dev, dtype=dtype)
 
     def run():
-        for m in linears:
-            torch.nn.functional.linear(xs[m.in_features], m.weight, m.bias)
+        for w, b in mats:
+            torch.nn.functional.linear(xs[w.shape[1]], w, b)
         torch.nn.functional.linear(xh, head.weight, getattr(head, "bias", None))
 
     side = torch.cuda.Stream()
@@ -53,6 +54,26 @@ def linear_floor_ms(model, tokens: int) -> float:
         run()
     graph.replay()
     return _median_ms(graph.replay)
+
+
+def matmuls(model) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(weight (out, in), bias) of every matmul the decoder layers run: each nn.Linear, and each fused group of
+    projections once, over its concatenated weight."""
+    from star_runtime.models.fuse import FusedPart
+
+    out = []
+    for m in model.get_decoder().layers.modules():
+        if isinstance(m, torch.nn.Linear):
+            out.append((m.weight, m.bias))
+        elif isinstance(m, FusedPart) and m.index == 0:
+            out.append((m._group.weight, m._group.bias))
+    return out
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the decoder layers' matmul weights and the LM head: what one forward reads at least once."""
+    head = model.get_output_embeddings().weight
+    return sum(w.numel() * w.element_size() for w, _ in matmuls(model)) + head.numel() * head.element_size()
 
 
 def copy_bandwidth(device, nbytes: int = 4 << 30) -> float:

@@ -89,6 +89,9 @@ class RunConfig:
     prefill_layers: str = knob("auto", "phase 1's decoder layers: auto (torch.compile'd on GPUs, about a minute to "
                                        "compile an 8B model once per process; eager on CPU), compiled, eager",
                                "compile", choices=PREFILL_LAYERS)
+    unfused_projections: bool = knob(False, "keep each layer's q/k/v and gate/up as separate matmuls (default: "
+                                            "one matmul each over their weights concatenated, no memory added; "
+                                            "models/fuse.py)", "compile")
     # block cache
     block_cache_gpu_gib: float = knob(4.0, "block KV cache, device tier, per worker", "block_cache")
     block_cache_cpu_gib: float = knob(8.0, "block KV cache, CPU tier, per worker", "block_cache")

@@ -20,6 +20,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..decode import (Arenas, PrefillStep, Sequences, arena_path, generate, query_bucket,
                       resolve_decode_mode, sync_device)
+from ..models.fuse import fuse_projections
 from ..models.loader import ModelSource, head_dim, load_model, load_tokenizer, resolve_dtype
 from ..modes import get_mode
 from ..sampling import Sampler, StopChecker, eos_ids
@@ -128,6 +129,8 @@ class Worker:
             torch.set_num_threads(threads)
         self.group = Group.init(rank, world_size, self.device, init_method, cfg.collective_timeout_s)
         self.model = load_model(source, resolve_dtype(cfg.dtype, cfg.device), self.device, self.devices)
+        if not cfg.unfused_projections and len(self.devices) == 1:
+            fuse_projections(self.model)  # q/k/v and gate/up one matmul each (a split worker's layers stay stock)
         self.source = source
         self.tokenizer = None  # loaded on the query host only if stop words are asked for
         self.eos = set() if cfg.ignore_eos else eos_ids(self.model, None)
