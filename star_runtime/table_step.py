@@ -8,6 +8,7 @@ of its KV, so the attention needs no merge.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .attention.hooks import attention_state
@@ -15,6 +16,7 @@ from .attention.pages import PageTable
 from .attention.table import KVTable
 from .fused import compiled_layers
 from .models.loader import head_dim, text_config
+from .staging import Staging
 
 
 class TableAttention:
@@ -60,8 +62,8 @@ class TableStep:
         self.use_graph = use_graph and self.table.kernel  # the torch twin reads the buffers it saw: no graph
         n = rows * tb
         # tokens (A, Tb), positions (A, Tb), each row's first slot (A,) and the kept token: one copy per call
-        self.host = torch.zeros(2 * n + rows + 1, dtype=torch.long)
         self.dev = torch.zeros(2 * n + rows + 1, dtype=torch.long, device=dev)
+        self.upload = Staging(self.dev)  # a pinned twin: no stream sync per call
         self.ids, self.pos = self.dev[:n].view(rows, tb), self.dev[n:2 * n].view(rows, tb)
         self.keep = self.dev[2 * n + rows:]
         self.state = TableAttention(self.table, self.dev[2 * n:2 * n + rows])
@@ -120,14 +122,14 @@ class TableStep:
             self.capture()
         self.table.set(list(buffers) + [None] * (self.rows - len(buffers)))
         n, tb = self.rows * self.tb, self.tb
-        h = self.host
-        h.zero_()
+        h = self.upload.buffer().numpy()
+        h[:] = 0
         for a, (ids, s) in enumerate(zip(tokens, starts)):
-            h[a * tb: a * tb + len(ids)] = torch.tensor(ids, dtype=torch.long)
-            h[n + a * tb: n + (a + 1) * tb] = torch.arange(s, s + tb)
+            h[a * tb: a * tb + len(ids)] = ids
+            h[n + a * tb: n + (a + 1) * tb] = np.arange(s, s + tb)
             h[2 * n + a] = s
         h[-1] = keep
-        self.dev.copy_(h)
+        self.upload.push()
         if self.pages is not None:
             entries, offsets, inv_freq = blocks
             self.pages.fill(entries, offsets, inv_freq, buffers[0], starts[0], self.tb, origin=self.table.spare)

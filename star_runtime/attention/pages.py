@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..staging import Staging
 from .merge import merge_partials
 from .partial import partial_attention
 from .split_kv import merge_splits, sm_count, tiles
@@ -69,6 +70,7 @@ class PageTable:
         self.device = torch.device(device)
         self.meta = torch.zeros((capacity + 1, 7), dtype=torch.int64, device=self.device)  # + the count row
         self.rot = torch.zeros((2, capacity, half), dtype=torch.float32, device=self.device)
+        self.uploads = (Staging(self.meta), Staging(self.rot))  # pinned twins: no stream sync per fill
         self.parts: list = []  # the torch form's view of the same pages
         self._rot_key, self._rot_cache = None, {}
         self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages[, fast[, splits]]) to try
@@ -97,7 +99,8 @@ class PageTable:
         blk = np.repeat(np.arange(len(entries)), chunks)  # each page's block
         c = np.arange(int(chunks.sum())) - np.repeat(np.cumsum(chunks) - chunks, chunks)  # its chunk in the block
         p = len(blk)
-        meta = np.zeros((self.capacity + 1, 7), dtype=np.int64)
+        meta = self.uploads[0].buffer().numpy()
+        meta[:] = 0
         nb = n[blk]
         # addresses as element offsets from the own rows (the kernel's base pointer), 16-byte aligned
         origin = own if origin is None else origin
@@ -110,12 +113,12 @@ class PageTable:
         meta[:p, 5] = np.minimum(chunk, nb - c * chunk)
         meta[p] = (ptrs[-1] // elt + start * hkv * d, 2 * cap * hkv * d, cap * hkv * d, d, hkv * d, own_len, 1)
         meta[self.capacity, 0] = p + 1
-        rot = np.zeros((2, self.capacity, self.half), dtype=np.float32)
-        rot[0] = 1.0  # the own page and unused ones: angle 0
+        rot = self.uploads[1].buffer().numpy()
+        rot[0], rot[1] = 1.0, 0.0  # the own page and unused ones: angle 0
         if p:
             rot[:, :p] = self._rotations(offsets, freq)[blk].transpose(1, 0, 2)
-        self.meta.copy_(torch.from_numpy(meta))
-        self.rot.copy_(torch.from_numpy(rot))
+        for u in self.uploads:
+            u.push()
 
     def _rotations(self, offsets: list[int], freq: np.ndarray) -> np.ndarray:
         """(blocks, 2, R/2) fp32 cos and sin of offset x frequency (fp64 before rounding), remembered per offset

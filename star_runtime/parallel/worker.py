@@ -127,6 +127,8 @@ class Worker:
         self.device = self.devices[0]
         if self.device.type == "cpu" and threads:
             torch.set_num_threads(threads)
+        if self.device.type == "cuda":  # process-wide: every matmul of this worker's process
+            torch.backends.cuda.preferred_blas_library("cublas" if cfg.blas == "cublas" else "cublaslt")
         self.group = Group.init(rank, world_size, self.device, init_method, cfg.collective_timeout_s)
         self.model = load_model(source, resolve_dtype(cfg.dtype, cfg.device), self.device, self.devices)
         if not cfg.unfused_projections and len(self.devices) == 1:
