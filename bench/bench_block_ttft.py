@@ -72,6 +72,8 @@ def main():
     p.add_argument("--profile", type=int, nargs="*", default=[], help="profile one warm run at these lengths")
     p.add_argument("--trace", default=None,
                    help="with --profile: write each Chrome trace (gzip) to this prefix + _<length>.json.gz")
+    p.add_argument("--host_profile", action="store_true",
+                   help="cProfile the warm requests: where the host's time before and after the GPU work goes")
     p.add_argument("--out", default=None)
     add_flags(p, exclude=("attn_type", "num_workers", "ignore_eos", "block_cache_gpu_gib", "block_cache_cpu_gib"),
               defaults={"model_path": "random:llama3-8b", "device": "cuda", "dtype": "bfloat16"},
@@ -101,9 +103,24 @@ def main():
         mid = f"bench-{length}"
         cold = run(worker, block_request(passages, final, list(range(n)), mid))
         warm = []
+        prof = None
+        if a.host_profile:
+            import cProfile
+
+            prof = cProfile.Profile()
         for _ in range(a.repeats):
             order = torch.randperm(n, generator=g).tolist()
-            warm.append(run(worker, block_request(passages, final, order, mid)))
+            req = block_request(passages, final, order, mid)
+            if prof is not None:
+                prof.enable()
+            warm.append(run(worker, req))
+            if prof is not None:
+                prof.disable()
+        if prof is not None:
+            import pstats
+
+            print(f"[{length}] host profile of {a.repeats} warm requests (tottime, s)", flush=True)
+            pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(30)
         assert all(w.cache["misses"] == 0 for w in warm)
         graph_ms = final_graph_ms(worker, n, a.passage, a.final) if a.device == "cuda" else float("nan")
         # the same warm requests with the context gathered before the first token (the path the in-place one
