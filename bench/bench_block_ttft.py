@@ -13,6 +13,8 @@ the second token (which waits for the deferred gather). Dense: an ordinary prefi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
 import json
 import os
 import statistics
@@ -51,7 +53,7 @@ def run(worker, req):
 def final_graph_ms(worker, passages: int, passage: int, final: int, repeats: int = 20) -> float:
     """Median GPU milliseconds of the final block's step replayed alone (its CUDA graph as the warm requests
     left it: the last request's tables), so the final block's time splits into GPU work and host work."""
-    from floors import _median_ms
+    from floors import _median_ms  # the graph as the requests captured it, replayed as it is
 
     from star_runtime.attention.pages import capacity_bucket, pages_needed
     from star_runtime.decode import query_bucket
@@ -103,19 +105,12 @@ def main():
         mid = f"bench-{length}"
         cold = run(worker, block_request(passages, final, list(range(n)), mid))
         warm = []
-        prof = None
-        if a.host_profile:
-            import cProfile
-
-            prof = cProfile.Profile()
+        prof = cProfile.Profile() if a.host_profile else None
         for _ in range(a.repeats):
             order = torch.randperm(n, generator=g).tolist()
             req = block_request(passages, final, order, mid)
-            if prof is not None:
-                prof.enable()
-            warm.append(run(worker, req))
-            if prof is not None:
-                prof.disable()
+            with prof if prof is not None else contextlib.nullcontext():  # the request alone, not its making
+                warm.append(run(worker, req))
         if prof is not None:
             import pstats
 

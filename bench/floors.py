@@ -44,16 +44,23 @@ def linear_floor_ms(model, tokens: int) -> float:
             torch.nn.functional.linear(xs[w.shape[1]], w, b)
         torch.nn.functional.linear(xh, head.weight, getattr(head, "bias", None))
 
+    return graph_ms(run)
+
+
+def graph_ms(fn, repeats: int = 20) -> float:
+    """Median milliseconds of ``fn`` replayed from one CUDA graph (run twice on a side stream first, outside the
+    capture, so kernels are chosen and compiled before it)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        run()
+        for _ in range(2):
+            fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        run()
+        fn()
     graph.replay()
-    return _median_ms(graph.replay)
+    return _median_ms(graph.replay, repeats)
 
 
 def matmuls(model) -> list[tuple[torch.Tensor, torch.Tensor | None]]:

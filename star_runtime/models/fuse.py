@@ -3,8 +3,9 @@ gate/up of every MLP.
 
 A stock decoder layer calls ``q_proj(x)``, ``k_proj(x)``, ``v_proj(x)`` one after another; three small matmuls
 read x three times and launch three kernels, and the narrow k/v ones (1024 of 4096 outputs for Llama-3-8B) run
-far from the card's bandwidth (bench/micro_linear.py: on one H200 every linear layer of the 8B shape takes 4.47
-ms for one token and 4.90 ms for 64 unfused, 4.06 and 4.31 with q/k/v and gate/up fused). Here the layer's
+far from the card's bandwidth (bench/micro_linear.py, cuBLAS, one H200, docs/results/linear_backends_h200.jsonl: every
+linear layer of the 8B shape takes 4.44 ms for one token and 4.84 ms for 64 unfused, 4.15 and 4.30 with q/k/v
+and gate/up fused). Here the layer's
 weights are concatenated into one tensor ``[W_q; W_k; W_v]`` (out, in) and each projection's weight becomes a
 view of its rows, so nothing is held twice; the first projection called with an input computes all outputs at
 once, the others take their slice, and the last one lets go of them. The modeling code is not touched: the
