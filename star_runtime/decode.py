@@ -17,6 +17,7 @@ its device-side positions and own-token lengths (StaticKV / QueryCache.len_t).
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +31,7 @@ from .attention.pages import capacity_bucket, pages_needed
 from .attention.partial import (ROWS_SPLIT_TOKENS, decode_partial, empty_partial, masked_partial, partial_attention,
                                 prefill_partial, rows_partial)
 from .kv.shard import ContextShard
-from .models.loader import head_dim, num_layers, text_config
+from .models.loader import head_dim, model_shape, num_layers
 from .progress import tick
 from .sampling import GREEDY_BELOW
 from .table_step import TableStep
@@ -257,9 +258,16 @@ def _own_static(cache: QueryCache, layer, q, k, v, scale):
 
 # -- fixed-shape step (static / graph) ---------------------------------------------------------------------
 def graph_capturable(model) -> bool:
-    """Dynamic RoPE types choose their frequencies on the host from the positions: not capturable."""
-    rotary = getattr(model.get_decoder(), "rotary_emb", None)
-    return getattr(rotary, "rope_type", "default") not in DYNAMIC_ROPE
+    """Dynamic RoPE types choose their frequencies on the host from the positions: not capturable. (Asked a few
+    times a request: the answer is kept per model.)"""
+    hit = _CAPTURABLE.get(model)
+    if hit is None:
+        rotary = getattr(model.get_decoder(), "rotary_emb", None)
+        hit = _CAPTURABLE[model] = getattr(rotary, "rope_type", "default") not in DYNAMIC_ROPE
+    return hit
+
+
+_CAPTURABLE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def use_batched_kv(shards: list[ContextShard], caches: list[QueryCache] | None, device: torch.device,
@@ -445,17 +453,17 @@ class Arenas:
         self.claimed = lambda: 0  # device bytes others may still take (a block store's unused budget)
         self.steps: dict[tuple[int, int], TableStep] = {}  # (query bucket, pages) -> in-place query prefill
 
-    def prefill_in_place(self, model, arena: "Arena", shard: ContextShard, query: torch.Tensor, start: int,
+    def prefill_in_place(self, model, arena: "Arena", shard: ContextShard, query: list[int], start: int,
                          use_graph: bool, layers: str) -> torch.Tensor:
-        """The first token's logits (1, V) of a query (T,) whose context ``shard`` still lies in the block store
-        (its gather deferred, shard.blocks): the TableStep of the query's bucket and the shard's page capacity
-        (table_step.py; one CUDA graph for every arena) writes its KV at [start, start + T) of the arena and
-        attends the blocks in place."""
-        t = query.numel()
+        """The first token's logits (1, V) of a query (T ids, on the host: nothing read back from the device)
+        whose context ``shard`` still lies in the block store (its gather deferred, shard.blocks): the TableStep
+        of the query's bucket and the shard's page capacity (table_step.py; one CUDA graph for every arena)
+        writes its KV at [start, start + T) of the arena and attends the blocks in place."""
+        t = len(query)
         key = (query_bucket(t), capacity_bucket(pages_needed([e.shape[3] for e in shard.blocks[0]])))
         if key not in self.steps:
             self.steps[key] = TableStep(model, 1, key[0], layers, use_graph, key[1])
-        logits = self.steps[key]([arena.rows], [query.tolist()], [start], t - 1, shard.blocks)
+        logits = self.steps[key]([arena.rows], [query], [start], t - 1, shard.blocks)
         arena.len_t.fill_(start + t)
         return logits
 
@@ -472,13 +480,13 @@ class Arenas:
                     ) -> "Arena | None":
         """An idle arena of the request's capacity bucket (the most recent), else a new one after idle ones
         went to make room. With ``must`` False: None when every arena is busy and no new one fits."""
-        cfg, hd = text_config(model.config), head_dim(model.config)
+        layers, hkv, hd = model_shape(model.config)
         cap = context_bucket(context + query_bucket(query) + max_new + 1)
         arena = next((x for x in reversed(self.pool) if x.capacity == cap and not x.busy), None)
         if arena is not None:
             self.pool.remove(arena)
         else:
-            need = 2 * cfg.num_hidden_layers * cap * cfg.num_key_value_heads * hd * model.dtype.itemsize
+            need = 2 * layers * cap * hkv * hd * model.dtype.itemsize
             device = torch.device(device)
             limit = self.keep if device.type == "cuda" else self.cpu_keep
             while len(self.pool) >= limit or not self._room(need, device):
@@ -488,7 +496,7 @@ class Arenas:
                         return None
                     break
                 self.pool.remove(lru)
-            arena = Arena(cfg.num_hidden_layers, cap, cfg.num_key_value_heads, hd, model.dtype, device)
+            arena = Arena(layers, cap, hkv, hd, model.dtype, device)
         self.pool.append(arena)  # most recent last
         return arena
 
@@ -609,7 +617,8 @@ def resolve_decode_mode(mode: str, model, device: torch.device, num_devices: int
 def generate(model, group, shards: list[ContextShard], queries: list[torch.Tensor], starts: list[int],
              max_new: list[int], samplers, stop_checkers, eos: set[int], keep_logits: bool = False,
              decode: str = "eager", prefill_logits: bool = False, batched_kv: bool | None = None,
-             layers: str = "eager", arenas: "Arenas | None" = None) -> list[Generation]:
+             layers: str = "eager", arenas: "Arenas | None" = None, query_ids: list[list[int]] | None = None
+             ) -> list[Generation]:
     """Query prefill then decode for a batch of samples.
 
     queries[b]: (Tq_b,) long on the model device; starts[b]: sample b's context length (its first query
@@ -621,6 +630,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
     steps (compiled decoder layers fuse their elementwise work; fused.compiled_layers). Returns per sample the
     generated ids (without EOS), identical on every worker. arenas: the worker's Arenas; one sample on one
     worker with fixed-shape steps then prefills and decodes over an Arena, from graphs kept across requests.
+    query_ids: the queries' ids on the host as well (else read back from the device where needed).
     """
     dev = queries[0].device
     n = len(queries)
@@ -690,7 +700,8 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
         t0 = time.perf_counter()
         q = queries[b]
         if paged:
-            decide([b], arenas.prefill_in_place(model, arena, shards[b], q, starts[b], decode == "graph", layers))
+            ids = query_ids[b] if query_ids is not None else q.tolist()
+            decide([b], arenas.prefill_in_place(model, arena, shards[b], ids, starts[b], decode == "graph", layers))
         elif arena is not None:  # fixed shapes over the arena: one graph replay
             arena.load(shards[b])
             tb = query_bucket(q.numel())

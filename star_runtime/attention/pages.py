@@ -73,7 +73,8 @@ class PageTable:
         self.uploads = (Staging(self.meta), Staging(self.rot))  # pinned twins: no stream sync per fill
         self.parts: list = []  # the torch form's view of the same pages
         self._rot_key, self._rot_cache = None, {}
-        self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages[, fast[, splits]]) to try
+        self._page_rows: dict = {}  # an entry's (address, length, ...) -> its pages' table rows
+        self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages[, fast[, splits[, merge]]]) to try
 
     def fill(self, entries: list[torch.Tensor], offsets: list[int], inv_freq: torch.Tensor, own: torch.Tensor,
              start: int, own_len: int, origin: torch.Tensor | None = None) -> None:
@@ -89,36 +90,61 @@ class PageTable:
         self.freq = freq  # the torch form's too: it serves a table filled for the kernel after a kernel failure
         if not self.kernel:
             return
-        if any(not e.is_contiguous() or e.dtype != own.dtype or e.device != own.device for e in entries):
-            raise ValueError("cached entries must be contiguous, in the rows' dtype and device")
         _, _, cap, hkv, d = own.shape
         elt = own.element_size()
-        n = np.array([e.shape[3] for e in entries], dtype=np.int64)
-        chunk = self.chunk
-        chunks = -(-n // chunk)
-        blk = np.repeat(np.arange(len(entries)), chunks)  # each page's block
-        c = np.arange(int(chunks.sum())) - np.repeat(np.cumsum(chunks) - chunks, chunks)  # its chunk in the block
-        p = len(blk)
+        origin = own if origin is None else origin
+        base = origin.data_ptr()
+        own_at = own.data_ptr() - base
+        if own_at % 16:
+            raise ValueError("the query's rows must start on a 16-byte boundary")
+        self.kv = origin
+        # each entry's pages (columns 0-5 of the table) follow from its address relative to the origin and its
+        # length alone: remembered, so a request's table is a concatenation (the same passages recur)
+        cache = self._page_rows
+        if len(cache) > 65536:
+            cache.clear()
+        rows, counts = [], []
+        for e in entries:
+            if not e.is_contiguous():
+                raise ValueError("cached entries must be contiguous")
+            key = (e.data_ptr() - base, e.shape[3], elt, hkv, d)
+            r = cache.get(key)
+            if r is None:  # (an address names one device and one of the store's tensors at a time)
+                if e.dtype != own.dtype or e.device != own.device or e.shape[2:] != (hkv, e.shape[3], d):
+                    raise ValueError("cached entries must be in the rows' dtype, device and head shape")
+                r = cache[key] = self._entry_pages(key)
+            rows.append(r)
+            counts.append(len(r))
+        p = sum(counts)
         meta = self.uploads[0].buffer().numpy()
         meta[:] = 0
-        nb = n[blk]
-        # addresses as element offsets from the own rows (the kernel's base pointer), 16-byte aligned
-        origin = own if origin is None else origin
-        ptrs = np.array([e.data_ptr() for e in entries] + [own.data_ptr()], dtype=np.int64) - origin.data_ptr()
-        if np.any(ptrs % 16):
-            raise ValueError("cached entries must start on 16-byte boundaries")
-        self.kv = origin
-        meta[:p, 0] = (ptrs[:-1] // elt)[blk] + c * chunk * d
-        meta[:p, 1], meta[:p, 2], meta[:p, 3], meta[:p, 4] = 2 * hkv * nb * d, hkv * nb * d, nb * d, d
-        meta[:p, 5] = np.minimum(chunk, nb - c * chunk)
-        meta[p] = (ptrs[-1] // elt + start * hkv * d, 2 * cap * hkv * d, cap * hkv * d, d, hkv * d, own_len, 1)
+        if p:
+            meta[:p, :6] = np.concatenate(rows)
+        meta[p] = (own_at // elt + start * hkv * d, 2 * cap * hkv * d, cap * hkv * d, d, hkv * d, own_len, 1)
         meta[self.capacity, 0] = p + 1
         rot = self.uploads[1].buffer().numpy()
         rot[0], rot[1] = 1.0, 0.0  # the own page and unused ones: angle 0
         if p:
-            rot[:, :p] = self._rotations(offsets, freq)[blk].transpose(1, 0, 2)
+            per_block = self._rotations(offsets, freq)  # (blocks, 2, R/2)
+            if p != len(entries):  # blocks of several pages: each page takes its block's angles
+                per_block = np.repeat(per_block, counts, axis=0)
+            rot[:, :p] = per_block.transpose(1, 0, 2)
         for u in self.uploads:
             u.push()
+
+    def _entry_pages(self, key: tuple) -> np.ndarray:
+        """(pages, 6) int64 table rows of one entry: key (its first element's byte offset from the origin, its
+        keys n, element size, KV heads, head dim) -> per page of at most ``chunk`` keys its first key's element
+        offset, the layer stride, the key-to-value distance, the head stride, the token stride, its keys."""
+        at, n, elt, hkv, d = key
+        if at % 16:
+            raise ValueError("cached entries must start on 16-byte boundaries")
+        c = np.arange(-(-n // self.chunk), dtype=np.int64)
+        out = np.empty((len(c), 6), dtype=np.int64)
+        out[:, 0] = at // elt + c * self.chunk * d
+        out[:, 1], out[:, 2], out[:, 3], out[:, 4] = 2 * hkv * n * d, hkv * n * d, n * d, d
+        out[:, 5] = np.minimum(self.chunk, n - c * self.chunk)
+        return out
 
     def _rotations(self, offsets: list[int], freq: np.ndarray) -> np.ndarray:
         """(blocks, 2, R/2) fp32 cos and sin of offset x frequency (fp64 before rounding), remembered per offset
@@ -196,10 +222,11 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def paged_kernel(Q, KV, META, ROT, O, L, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h, TB, scale_log2,
+    def paged_kernel(Q, KV, META, ROT, O, L, OUT, LSE, CNT, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h,
+                     sout_t, sout_h, TB, scale_log2,
                      HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, S: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAST: tl.constexpr,
-                     STAGES: tl.constexpr):
+                     STAGES: tl.constexpr, MERGE: tl.constexpr):
         mt = tl.program_id(0)
         s = tl.program_id(1)
         h = tl.program_id(2)
@@ -273,6 +300,35 @@ def _kernel():
         lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
         tl.store(O + s * so_s + qh[:, None] * so_h + t[:, None] * so_t + d[None, :], out, mask=row_ok[:, None])
         tl.store(L + s * sl_s + qh * sl_h + t, lse, mask=row_ok)
+        if MERGE:
+            # the last of a row tile's S splits to finish merges them all (fp32, by their log-sum-exp) -- no
+            # separate merge launch. Every thread's partial is stored before the counter is raised (barrier,
+            # then a release), and the merging program reads the others' after its acquire.
+            tl.debug_barrier()
+            cnt = CNT + h * tl.num_programs(0) + mt
+            if tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu") == S - 1:
+                tl.debug_barrier()
+                mx = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+                den = tl.zeros((BLOCK_M,), tl.float32)
+                num = tl.zeros((BLOCK_M, D), tl.float32)
+                for j in range(S):
+                    lj = tl.load(L + j * sl_s + qh * sl_h + t, mask=row_ok, other=float("-inf"),
+                                 cache_modifier=".cg")
+                    oj = tl.load(O + j * so_s + qh[:, None] * so_h + t[:, None] * so_t + d[None, :],
+                                 mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                    mn = tl.maximum(mx, lj)
+                    ms = tl.where(mn == float("-inf"), 0.0, mn)
+                    a = tl.exp(mx - ms)
+                    w = tl.exp(lj - ms)
+                    den = den * a + w
+                    num = num * a[:, None] + w[:, None] * oj
+                    mx = mn
+                fin = num / tl.where(den > 0, den, 1.0)[:, None]
+                tl.store(OUT + t[:, None] * sout_t + qh[:, None] * sout_h + d[None, :],
+                         fin.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+                tl.store(LSE + qh * TB + t, tl.where(den > 0, mx + tl.log(tl.where(den > 0, den, 1.0)),
+                                                     float("-inf")), mask=row_ok)
+                tl.atomic_xchg(cnt, 0)  # ready for the next launch (the next layer's)
 
     _KERNEL["k"] = paged_kernel
     return paged_kernel
@@ -299,9 +355,12 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
     g = hq // hkv
     rows = tb * g
     block_m, block_n = tiles(rows, d)
-    warps, stages, fast, want = 4, 3, 1, 0  # want: splits, 0 = as many as fill the card
+    # want: splits, 0 = as many as fill the card; merge: the splits merged by the kernel's last one (1) or a
+    # second launch (0)
+    warps, stages, fast, want, merge = 4, 3, 1, 0, 1
     if table.config is not None:
-        block_m, block_n, warps, stages, fast, want = (tuple(table.config) + (1, 0)[len(table.config) - 4:])
+        block_m, block_n, warps, stages, fast, want, merge = (tuple(table.config)
+                                                               + (1, 0, 1)[len(table.config) - 4:])
     n_mt = -(-rows // block_m)
     dev = q.device
     splits = min(table.capacity, want or page_splits(n_mt * hkv, sm_count(dev)))
@@ -310,10 +369,18 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
         _SCRATCH[key] = (torch.empty((splits, hq, tb, d), dtype=torch.float32, device=dev),
                          torch.empty((splits, hq, tb), dtype=torch.float32, device=dev))
     o_part, l_part = _SCRATCH[key]
+    ckey = (n_mt * hkv, dev)
+    if ckey not in _SCRATCH:  # the merge's arrival counters: each launch leaves them at 0 again
+        _SCRATCH[ckey] = torch.zeros(n_mt * hkv, dtype=torch.int32, device=dev)
+    out = torch.empty((tb, hq, d), dtype=q.dtype, device=dev)  # token-major: the decoder's transpose is free
+    lse = torch.empty((hq, tb), dtype=torch.float32, device=dev)
     _kernel()[(n_mt, splits, hkv)](
-        q, table.kv, table.meta, table.rot, o_part, l_part, layer, table.capacity, q.stride(1), q.stride(2),
-        o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1), tb,
-        scale * 1.4426950408889634, HKV=hkv, G=g, D=d, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
-        FAST=fast, STAGES=stages, num_warps=warps, num_stages=stages)
-    out, lse = merge_splits(o_part, l_part, q.dtype, token_major=True)  # (Hq, Tb, D) over (Tb, Hq, D) memory
-    return out.unsqueeze(0), lse.unsqueeze(0)
+        q, table.kv, table.meta, table.rot, o_part, l_part, out, lse, _SCRATCH[ckey], layer, table.capacity,
+        q.stride(1), q.stride(2), o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0),
+        l_part.stride(1), out.stride(0), out.stride(1), tb, scale * 1.4426950408889634, HKV=hkv, G=g, D=d,
+        HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n, FAST=fast, STAGES=stages, MERGE=merge,
+        num_warps=warps, num_stages=stages)
+    if not merge:
+        out, lse = merge_splits(o_part, l_part, q.dtype, token_major=True)  # (Hq, Tb, D) over (Tb, Hq, D)
+        return out.unsqueeze(0), lse.unsqueeze(0)
+    return out.transpose(0, 1).unsqueeze(0), lse.unsqueeze(0)

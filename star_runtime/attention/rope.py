@@ -132,6 +132,7 @@ class RopeReencoder:
             raise ValueError(f"{type(model).__name__}: per-layer-type RoPE is not supported in block mode")
         self.rotary = rotary
         self.rope_type = getattr(rotary, "rope_type", "default")
+        self._const = None  # (the module's inv_freq, its fp32 copy on the device, on the host)
 
     @property
     def rotary_dim(self) -> int:
@@ -141,6 +142,19 @@ class RopeReencoder:
         """The model's inverse frequencies (D/2,) fp32 for a forward over a whole sequence of seq_len tokens
         (frame_inv_freq: stateless, whatever ran before)."""
         return frame_inv_freq(self.rotary, seq_len)
+
+    def inv_freq_pair(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(on the model's device, on the host) copies of inv_freq(seq_len); for RoPE types whose frequencies do
+        not follow the length, made once (a request then reads nothing back from the device to compare or
+        tabulate them). Callers do not write into them."""
+        if self.rope_type in _DYNAMIC_TYPES:
+            f = self.inv_freq(seq_len)
+            return f, f.cpu()
+        src = self.rotary.inv_freq
+        if self._const is None or self._const[0] is not src:  # the module's buffer moved or was replaced
+            f = frame_inv_freq(self.rotary, seq_len)
+            self._const = (src, f, f.cpu())
+        return self._const[1], self._const[2]
 
     @staticmethod
     def angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:

@@ -177,7 +177,24 @@ def head_dim(config) -> int:
 
 
 def num_layers(model) -> int:
-    return text_config(model.config).num_hidden_layers
+    return model_shape(model.config)[0]
+
+
+_SHAPES: dict = {}
+
+
+def model_shape(config) -> tuple[int, int, int]:
+    """(decoder layers, KV heads, head dim) of a config, read once per config object: its attribute reads cost
+    tens of microseconds in transformers 5, and every request's arena and shard ask for them."""
+    hit = _SHAPES.get(id(config))
+    if hit is not None and hit[0] is config:
+        return hit[1]
+    text = text_config(config)
+    shape = (int(text.num_hidden_layers), int(text.num_key_value_heads), int(head_dim(config)))
+    if len(_SHAPES) > 64:
+        _SHAPES.clear()
+    _SHAPES[id(config)] = (config, shape)
+    return shape
 
 
 def model_window(config) -> int:

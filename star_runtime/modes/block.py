@@ -177,7 +177,7 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
             found[b.key] = (kv, on_cpu[id(freq)])
     entries = [found[b.key][0] for b in mine]
     length = sum(len(b.ids) for b in mine)
-    dst_freq = reencoder.inv_freq(total_len)
+    dst_freq, dst_host = reencoder.inv_freq_pair(total_len)
     made = rows is None or rows.shape[2] < length
     if made:
         e = entries[0]
@@ -193,18 +193,17 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
 
     if (defer and not made and pages_usable(rows.dtype, device, rows.shape[4], reencoder.rotary_dim)
             and all(e.is_contiguous() and e.dtype == rows.dtype and e.data_ptr() % 16 == 0 for e in entries)
-            and _same_freq([found[b.key][1] for b in mine], dst_freq)):
+            and _same_freq([found[b.key][1] for b in mine], dst_host)):
         return ContextShard.in_rows(rows, length, pending=gather,
-                                    blocks=(entries, [b.offset for b in mine], dst_freq))
+                                    blocks=(entries, [b.offset for b in mine], dst_host))
     gather()
     return ContextShard.in_rows(rows, length)
 
 
-def _same_freq(freqs: list[torch.Tensor], dst_freq: torch.Tensor) -> bool:
-    """Whether every block was encoded with the prompt's own frequencies (stored ones live on the CPU; blocks
-    encoded together share one tensor, compared once)."""
-    dst = dst_freq.cpu()
-    return all(torch.equal(f.cpu(), dst) for f in {id(f): f for f in freqs}.values())
+def _same_freq(freqs: list[torch.Tensor], dst: torch.Tensor) -> bool:
+    """Whether every block was encoded with the prompt's own frequencies dst (on the host, as stored ones are;
+    blocks encoded together share one tensor, compared once, and a tensor is equal to itself)."""
+    return all(f is dst or torch.equal(f.cpu(), dst) for f in {id(f): f for f in freqs}.values())
 
 
 def _delta_angles(mine: list[BlockSpec], found: dict, reencoder: RopeReencoder, dst_freq, layout):

@@ -206,7 +206,7 @@ class Worker:
                         [r.max_new_tokens for r in reqs], samplers, stops, eos,
                         keep_logits=any(r.keep_logits for r in reqs), decode=decode,
                         prefill_logits=any(r.prefill_logits for r in reqs), batched_kv=opts.batched_kv,
-                        layers=cfg.prefill_layers, arenas=self.arenas)
+                        layers=cfg.prefill_layers, arenas=self.arenas, query_ids=[r.query_ids for r in reqs])
         held = g.all_gather(torch.tensor([len(s) for s in shards], device=self.device)).T.tolist()
         caches = [None] * len(reqs)
         names = next((list(c) for c in counts if c is not None), None)
