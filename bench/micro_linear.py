@@ -5,7 +5,8 @@ Every decoder layer's projections (q, k, v, o, gate, up, down of Llama-3.1-8B's 
 set per layer so nothing stays in L2) and the LM head for one token, replayed from one CUDA graph, as the
 runtime's steps run them. Backends: ``cublas`` (torch's default), ``cublaslt`` (torch's preferred-BLAS switch),
 ``autotune`` (torch.compile max-autotune: Inductor times cuBLAS against its Triton matmul templates per shape and
-keeps the fastest), and the ``fused`` twins of each, where q/k/v and gate/up are one matmul over concatenated
+keeps the fastest), ``tunable`` (torch.cuda.tunable: every cuBLAS / cuBLASLt algorithm it lists timed per shape,
+the fastest kept), and the ``fused`` twins of each, where q/k/v and gate/up are one matmul over concatenated
 weights (what a model with fused projections, e.g. Phi-3, runs). Prints a table per token count and per shape,
 and writes JSON lines (--out).
 
@@ -61,7 +62,9 @@ def main():
     head = torch.randn(cfg.vocab_size, cfg.hidden_size, device=dev, dtype=dt) * 0.02
     rows = []
     for backend in a.backends:
-        torch.backends.cuda.preferred_blas_library("cublaslt" if backend == "cublaslt" else "cublas")
+        torch.backends.cuda.preferred_blas_library("cublaslt" if backend in ("cublaslt", "tunable") else "cublas")
+        torch.cuda.tunable.enable(backend == "tunable")  # TunableOp: cuBLAS / cuBLASLt algorithms timed per shape
+        torch.cuda.tunable.tuning_enable(backend == "tunable")
         lin = F.linear
         if backend == "autotune":
             torch._dynamo.reset()
