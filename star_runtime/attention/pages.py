@@ -74,7 +74,7 @@ class PageTable:
         self.parts: list = []  # the torch form's view of the same pages
         self._rot_key, self._rot_cache = None, {}
         self._page_rows: dict = {}  # an entry's (address, length, ...) -> its pages' table rows
-        self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages[, fast[, splits[, merge]]]) to try
+        self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages[, fast[, splits]]) to try
 
     def fill(self, entries: list[torch.Tensor], offsets: list[int], inv_freq: torch.Tensor, own: torch.Tensor,
              start: int, own_len: int, origin: torch.Tensor | None = None) -> None:
@@ -222,11 +222,10 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def paged_kernel(Q, KV, META, ROT, O, L, OUT, LSE, CNT, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h,
-                     sout_t, sout_h, TB, scale_log2,
+    def paged_kernel(Q, KV, META, ROT, O, L, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h, TB, scale_log2,
                      HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, S: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAST: tl.constexpr,
-                     STAGES: tl.constexpr, MERGE: tl.constexpr):
+                     STAGES: tl.constexpr):
         mt = tl.program_id(0)
         s = tl.program_id(1)
         h = tl.program_id(2)
@@ -300,35 +299,6 @@ def _kernel():
         lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
         tl.store(O + s * so_s + qh[:, None] * so_h + t[:, None] * so_t + d[None, :], out, mask=row_ok[:, None])
         tl.store(L + s * sl_s + qh * sl_h + t, lse, mask=row_ok)
-        if MERGE:
-            # the last of a row tile's S splits to finish merges them all (fp32, by their log-sum-exp) -- no
-            # separate merge launch. Every thread's partial is stored before the counter is raised (barrier,
-            # then a release), and the merging program reads the others' after its acquire.
-            tl.debug_barrier()
-            cnt = CNT + h * tl.num_programs(0) + mt
-            if tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu") == S - 1:
-                tl.debug_barrier()
-                mx = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-                den = tl.zeros((BLOCK_M,), tl.float32)
-                num = tl.zeros((BLOCK_M, D), tl.float32)
-                for j in range(S):
-                    lj = tl.load(L + j * sl_s + qh * sl_h + t, mask=row_ok, other=float("-inf"),
-                                 cache_modifier=".cg")
-                    oj = tl.load(O + j * so_s + qh[:, None] * so_h + t[:, None] * so_t + d[None, :],
-                                 mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-                    mn = tl.maximum(mx, lj)
-                    ms = tl.where(mn == float("-inf"), 0.0, mn)
-                    a = tl.exp(mx - ms)
-                    w = tl.exp(lj - ms)
-                    den = den * a + w
-                    num = num * a[:, None] + w[:, None] * oj
-                    mx = mn
-                fin = num / tl.where(den > 0, den, 1.0)[:, None]
-                tl.store(OUT + t[:, None] * sout_t + qh[:, None] * sout_h + d[None, :],
-                         fin.to(OUT.dtype.element_ty), mask=row_ok[:, None])
-                tl.store(LSE + qh * TB + t, tl.where(den > 0, mx + tl.log(tl.where(den > 0, den, 1.0)),
-                                                     float("-inf")), mask=row_ok)
-                tl.atomic_xchg(cnt, 0)  # ready for the next launch (the next layer's)
 
     _KERNEL["k"] = paged_kernel
     return paged_kernel
@@ -355,12 +325,9 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
     g = hq // hkv
     rows = tb * g
     block_m, block_n = tiles(rows, d)
-    # want: splits, 0 = as many as fill the card; merge: the splits merged by the kernel's last one (1) or a
-    # second launch (0)
-    warps, stages, fast, want, merge = 4, 3, 1, 0, 1
+    warps, stages, fast, want = 4, 3, 1, 0  # want: splits, 0 = as many as fill the card
     if table.config is not None:
-        block_m, block_n, warps, stages, fast, want, merge = (tuple(table.config)
-                                                               + (1, 0, 1)[len(table.config) - 4:])
+        block_m, block_n, warps, stages, fast, want = (tuple(table.config) + (1, 0)[len(table.config) - 4:])
     n_mt = -(-rows // block_m)
     dev = q.device
     splits = min(table.capacity, want or page_splits(n_mt * hkv, sm_count(dev)))
@@ -369,18 +336,10 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
         _SCRATCH[key] = (torch.empty((splits, hq, tb, d), dtype=torch.float32, device=dev),
                          torch.empty((splits, hq, tb), dtype=torch.float32, device=dev))
     o_part, l_part = _SCRATCH[key]
-    ckey = (n_mt * hkv, dev)
-    if ckey not in _SCRATCH:  # the merge's arrival counters: each launch leaves them at 0 again
-        _SCRATCH[ckey] = torch.zeros(n_mt * hkv, dtype=torch.int32, device=dev)
-    out = torch.empty((tb, hq, d), dtype=q.dtype, device=dev)  # token-major: the decoder's transpose is free
-    lse = torch.empty((hq, tb), dtype=torch.float32, device=dev)
     _kernel()[(n_mt, splits, hkv)](
-        q, table.kv, table.meta, table.rot, o_part, l_part, out, lse, _SCRATCH[ckey], layer, table.capacity,
-        q.stride(1), q.stride(2), o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0),
-        l_part.stride(1), out.stride(0), out.stride(1), tb, scale * 1.4426950408889634, HKV=hkv, G=g, D=d,
-        HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n, FAST=fast, STAGES=stages, MERGE=merge,
-        num_warps=warps, num_stages=stages)
-    if not merge:
-        out, lse = merge_splits(o_part, l_part, q.dtype, token_major=True)  # (Hq, Tb, D) over (Tb, Hq, D)
-        return out.unsqueeze(0), lse.unsqueeze(0)
-    return out.transpose(0, 1).unsqueeze(0), lse.unsqueeze(0)
+        q, table.kv, table.meta, table.rot, o_part, l_part, layer, table.capacity, q.stride(1), q.stride(2),
+        o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1), tb,
+        scale * 1.4426950408889634, HKV=hkv, G=g, D=d, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
+        FAST=fast, STAGES=stages, num_warps=warps, num_stages=stages)
+    out, lse = merge_splits(o_part, l_part, q.dtype, token_major=True)  # (Hq, Tb, D) over (Tb, Hq, D) memory
+    return out.unsqueeze(0), lse.unsqueeze(0)
