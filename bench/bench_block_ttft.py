@@ -51,18 +51,37 @@ def run(worker, req):
     return worker.run_batch([req])[0]
 
 
-def final_graph_ms(worker, passages: int, passage: int, final: int, repeats: int = 20) -> float:
-    """Median GPU milliseconds of the final block's step replayed alone (its CUDA graph as the warm requests
-    left it: the last request's tables), so the final block's time splits into GPU work and host work."""
-    from floors import _median_ms  # the graph as the requests captured it, replayed as it is
-
+def final_graph_ms(worker, passages: int, passage: int, final: int, repeats: int = 20) -> dict:
+    """The final block's step (its CUDA graphs as the warm requests left them: the last request's tables)
+    replayed alone: ``final_graph_ms``, the mean over back-to-back replays (each launched while the one before
+    runs: its GPU work); ``final_graph_idle_ms``, the median from an idle GPU, from the replay's call to the end
+    of its work (what a request waits: the launch's latency included; this column's meaning before 2026-12-03
+    evening); ``graph_launch_ms``, the host's median time in the replay call."""
     from star_runtime.attention.pages import capacity_bucket, pages_needed
     from star_runtime.decode import query_bucket
 
     step = worker.arenas.steps.get((query_bucket(final), capacity_bucket(pages_needed([passage] * passages))))
     if step is None or step.graph is None:
-        return float("nan")
-    return _median_ms(step.graph.replay, repeats)
+        return {"final_graph_ms": float("nan")}
+    idle, host = [], []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        t = time.perf_counter()
+        step.graph.replay()
+        host.append(1000 * (time.perf_counter() - t))
+        e.record()
+        e.synchronize()
+        idle.append(s.elapsed_time(e))
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(repeats):
+        step.graph.replay()
+    e.record()
+    e.synchronize()
+    return {"final_graph_ms": s.elapsed_time(e) / repeats, "final_graph_idle_ms": statistics.median(idle),
+            "graph_launch_ms": statistics.median(host), "graph_pieces": len(getattr(step.graph, "graphs", [1]))}
 
 
 def main():
@@ -77,12 +96,18 @@ def main():
                    help="with --profile: write each Chrome trace (gzip) to this prefix + _<length>.json.gz")
     p.add_argument("--host_profile", action="store_true",
                    help="cProfile the warm requests: where the host's time before and after the GPU work goes")
+    p.add_argument("--one_graph", action="store_true",
+                   help="record each step as one CUDA graph, not in pieces (star_runtime/graphs.py), to compare")
     p.add_argument("--out", default=None)
     add_flags(p, exclude=("attn_type", "num_workers", "ignore_eos", "block_cache_gpu_gib", "block_cache_cpu_gib"),
               defaults={"model_path": "random:llama3-8b", "device": "cuda", "dtype": "bfloat16"},
               extra_flags={"model_path": ("--model",)})
     a = p.parse_args()
     a.model = a.model_path
+    if a.one_graph:
+        import star_runtime.graphs as graphs
+
+        graphs.cuts = lambda num_layers: []
 
     cfg = from_args(a, attn_type="block", block_cache_gpu_gib=a.cache_gib, block_cache_cpu_gib=0,
                     ignore_eos=True).validate()
@@ -121,7 +146,7 @@ def main():
             pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(30)
             pstats.Stats(prof, stream=sys.stdout).sort_stats("cumulative").print_stats(40)
         assert all(w.cache["misses"] == 0 for w in warm)
-        graph_ms = final_graph_ms(worker, n, a.passage, a.final) if a.device == "cuda" else float("nan")
+        graph = final_graph_ms(worker, n, a.passage, a.final) if a.device == "cuda" else {"final_graph_ms": float("nan")}
         # the same warm requests with the context gathered before the first token (the path the in-place one
         # replaced), and two tokens: the second waits for the deferred gather
         orders = [torch.randperm(n, generator=g).tolist() for _ in range(a.repeats)]
@@ -138,7 +163,7 @@ def main():
             "warm_ttft_ms": 1000 * statistics.median(ttft(w) for w in warm),
             "warm_phase1_ms": 1000 * statistics.median(w.phase1_s for w in warm),
             "warm_final_block_ms": 1000 * statistics.median(w.first_token_s for w in warm),
-            "final_graph_ms": graph_ms,  # the final block's CUDA graph alone: its GPU time
+            **graph,  # the final block's CUDA graphs alone: their GPU time, and from an idle GPU
             "gather_path_ttft_ms": 1000 * statistics.median(ttft(w) for w in gathered),
             "second_token_ms": 1000 * statistics.median(ttft(w) + w.decode_s for w in two),
             "cold_ttft_ms": 1000 * ttft(cold),
@@ -173,11 +198,11 @@ def main():
                 if a.trace:
                     with open(path, "rb") as src, gzip.open(f"{a.trace}_{length}.json.gz", "wb") as dst:
                         shutil.copyfileobj(src, dst)
-    print(f"\n{'context':>8} {'warm TTFT ms':>12} {'(phase1':>8} {'final':>7} {'graph)':>7} {'floor ms':>9} {'/floor':>7} "
+    print(f"\n{'context':>8} {'warm TTFT ms':>12} {'(phase1':>8} {'final':>7} {'graph':>7} {'idle)':>7} {'floor ms':>9} {'/floor':>7} "
           f"{'gathered':>9} {'2nd tok':>8} {'cold ms':>8} {'dense ms':>9} {'speedup':>8}")
     for r in rows:
         print(f"{r['context']:>8} {r['warm_ttft_ms']:>12.2f} {r['warm_phase1_ms']:>8.2f} "
-              f"{r['warm_final_block_ms']:>7.2f} {r['final_graph_ms']:>7.2f} {r['floor_ms']:>9.2f} {r['warm_vs_floor']:>6.2f}x "
+              f"{r['warm_final_block_ms']:>7.2f} {r['final_graph_ms']:>7.2f} {r.get('final_graph_idle_ms', float('nan')):>7.2f} {r['floor_ms']:>9.2f} {r['warm_vs_floor']:>6.2f}x "
               f"{r['gather_path_ttft_ms']:>9.2f} {r['second_token_ms']:>8.2f} "
               f"{r['cold_ttft_ms']:>8.1f} {r['dense_ttft_ms']:>9.1f} {r['speedup_vs_dense']:>7.1f}x")
     if a.out:

@@ -15,6 +15,7 @@ from .attention.hooks import attention_state
 from .attention.pages import PageTable
 from .attention.table import KVTable
 from .fused import compiled_layers
+from .graphs import PiecewiseGraph
 from .models.loader import head_dim, text_config
 from .staging import Staging
 
@@ -96,9 +97,8 @@ class TableStep:
                 for _ in range(2):
                     self._forward()
             torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.logits = self._forward()
+            graph = PiecewiseGraph(self.model)
+            self.logits = graph.capture(self._forward)
         except Exception as e:  # noqa: BLE001 -- the twin computes the same, uncaptured
             import sys
 

@@ -23,7 +23,14 @@ from .split_kv import table_attention
 def kernels_ok(dtype, device, head_dim: int) -> bool:
     """Whether the table's Triton kernels serve this dtype and device: CUDA half precision, Triton there, and no
     STAR_RUNTIME_ATTN_KERNEL naming another kernel (the table path then is not taken on a GPU)."""
-    return partial._use_split(torch.empty(0, head_dim, dtype=dtype, device=device))
+    key = (dtype, str(device), head_dim)
+    probe = _PROBES.get(key)
+    if probe is None:  # an empty tensor of the kind asked about, made once (each request asks)
+        probe = _PROBES[key] = torch.empty(0, head_dim, dtype=dtype, device=device)
+    return partial._use_split(probe)
+
+
+_PROBES: dict = {}
 
 
 class KVTable:
