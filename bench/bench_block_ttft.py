@@ -81,7 +81,7 @@ def final_graph_ms(worker, passages: int, passage: int, final: int, repeats: int
     e.record()
     e.synchronize()
     return {"final_graph_ms": s.elapsed_time(e) / repeats, "final_graph_idle_ms": statistics.median(idle),
-            "graph_launch_ms": statistics.median(host), "graph_pieces": len(getattr(step.graph, "graphs", [1]))}
+            "graph_launch_ms": statistics.median(host)}
 
 
 def main():
@@ -96,18 +96,12 @@ def main():
                    help="with --profile: write each Chrome trace (gzip) to this prefix + _<length>.json.gz")
     p.add_argument("--host_profile", action="store_true",
                    help="cProfile the warm requests: where the host's time before and after the GPU work goes")
-    p.add_argument("--one_graph", action="store_true",
-                   help="record each step as one CUDA graph, not in pieces (star_runtime/graphs.py), to compare")
     p.add_argument("--out", default=None)
     add_flags(p, exclude=("attn_type", "num_workers", "ignore_eos", "block_cache_gpu_gib", "block_cache_cpu_gib"),
               defaults={"model_path": "random:llama3-8b", "device": "cuda", "dtype": "bfloat16"},
               extra_flags={"model_path": ("--model",)})
     a = p.parse_args()
     a.model = a.model_path
-    if a.one_graph:
-        import star_runtime.graphs as graphs
-
-        graphs.cuts = lambda num_layers: []
 
     cfg = from_args(a, attn_type="block", block_cache_gpu_gib=a.cache_gib, block_cache_cpu_gib=0,
                     ignore_eos=True).validate()

@@ -26,7 +26,6 @@ from .attention.hooks import attention_state
 from .attention.rope import frame_groups, rope_frame
 from .attention.table import kernels_ok, write_slots
 from .fused import compiled_layers
-from .graphs import PiecewiseGraph
 from .attention.merge import merge_partials, merge_two, pack, unpack
 from .attention.pages import capacity_bucket, pages_needed
 from .attention.partial import (ROWS_SPLIT_TOKENS, decode_partial, empty_partial, masked_partial, partial_attention,
@@ -341,9 +340,9 @@ class DecodeStep:
                 self._forward()
         torch.cuda.current_stream().wait_stream(side)
         self._restore(saved_pos, saved_len)
-        graph = PiecewiseGraph(self.model)
-        self.logits = graph.capture(self._forward)
-        self.graph = graph
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.logits = self._forward()
         self._restore(saved_pos, saved_len)  # capture records; make sure nothing moved
 
     def rearm(self, tokens: list[int], positions: list[int]) -> None:
@@ -571,9 +570,9 @@ class PrefillStep:
                     self._forward()
                     self.arena.len_t.copy_(saved)
             torch.cuda.current_stream().wait_stream(side)
-            graph = PiecewiseGraph(self.model)
-            self.logits = graph.capture(self._forward)
-            self.graph = graph
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.logits = self._forward()
             self.arena.len_t.copy_(saved)
         self.graph.replay()
         return self.logits

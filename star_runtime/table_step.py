@@ -15,7 +15,6 @@ from .attention.hooks import attention_state
 from .attention.pages import PageTable
 from .attention.table import KVTable
 from .fused import compiled_layers
-from .graphs import PiecewiseGraph
 from .models.loader import head_dim, text_config
 from .staging import Staging
 
@@ -97,8 +96,9 @@ class TableStep:
                 for _ in range(2):
                     self._forward()
             torch.cuda.current_stream().wait_stream(side)
-            graph = PiecewiseGraph(self.model)
-            self.logits = graph.capture(self._forward)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.logits = self._forward()
         except Exception as e:  # noqa: BLE001 -- the twin computes the same, uncaptured
             import sys
 

@@ -14,7 +14,7 @@ PKG = ROOT / "star_runtime"
 LAYERS = [
     {"errors", "progress", "staging"},
     {"config"},
-    {"fused", "graphs", "prompts", "sampling", "attention", "kv", "models"},
+    {"fused", "prompts", "sampling", "attention", "kv", "models"},
     {"modes"},
     {"decode", "table_step"},
     {"parallel"},
