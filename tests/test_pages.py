@@ -82,6 +82,26 @@ def test_paged_kernel_against_keys_at_their_target_positions_in_the_interpreter(
     run_interpreted(HEADER + SETUP + "\ncheck(kernel=True)\n", 3)
 
 
+REFILL = r"""
+# one table refilled request after request (the table remembers each entry's pages and uploads the pages' angles
+# only when the offsets change): blocks in another order, other lengths, then the first request again
+table = PageTable(16, 2, 16, "cpu", kernel=True)
+for seed, lens in enumerate([[40, 70, 33], [70, 33, 40], [100, 9], [40, 70, 33]]):
+    entries, offs, inv, own, L, q, refs = case(lens, 4, 2, 32, 3, 16, layers=1, seed=seed % 3)
+    table.fill(entries, offs, inv, own, L, 16)
+    out, lse = table.attend(0, q, 32 ** -0.5)
+    import star_runtime.attention.pages as pages
+    assert pages._OK["ok"]
+    err = (out[0, :, :3].double() - refs[0][0][:, :3]).abs().max().item()
+    assert err < 2e-5, (lens, err)
+    print("ok", lens, f"{err:.1e}")
+"""
+
+
+def test_a_table_refilled_for_other_requests_in_the_interpreter():
+    run_interpreted(HEADER + SETUP + REFILL, 4)
+
+
 def test_torch_form_against_keys_at_their_target_positions():
     scope: dict = {}
     exec(SETUP, scope)  # noqa: S102 -- the same cases as the kernel's script, in this process

@@ -74,6 +74,8 @@ class PageTable:
         self.parts: list = []  # the torch form's view of the same pages
         self._rot_key, self._rot_cache = None, {}
         self._page_rows: dict = {}  # an entry's (address, length, ...) -> its pages' table rows
+        self._freq_of, self._freq = None, None  # the frequencies' tensor last given, as fp64 numpy
+        self._rot_held = None  # what the device rotation table holds: (frequencies, offsets, pages per block)
         self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages[, fast[, splits]]) to try
 
     def fill(self, entries: list[torch.Tensor], offsets: list[int], inv_freq: torch.Tensor, own: torch.Tensor,
@@ -85,7 +87,9 @@ class PageTable:
         need = pages_needed([e.shape[3] for e in entries], self.chunk)
         if need > self.capacity:
             raise ValueError(f"{need} pages for a table of {self.capacity}")
-        freq = inv_freq.detach().double().cpu().numpy()
+        if inv_freq is not self._freq_of:  # the same tensor (a re-encoder keeps one) is read once
+            self._freq_of, self._freq = inv_freq, inv_freq.detach().double().cpu().numpy()
+        freq = self._freq
         self.parts = [(e, o) for e, o in zip(entries, offsets)] + [(own, start, own_len)]
         self.freq = freq  # the torch form's too: it serves a table filled for the kernel after a kernel failure
         if not self.kernel:
@@ -122,15 +126,20 @@ class PageTable:
             meta[:p, :6] = np.concatenate(rows)
         meta[p] = (own_at // elt + start * hkv * d, 2 * cap * hkv * d, cap * hkv * d, d, hkv * d, own_len, 1)
         meta[self.capacity, 0] = p + 1
-        rot = self.uploads[1].buffer().numpy()
-        rot[0], rot[1] = 1.0, 0.0  # the own page and unused ones: angle 0
-        if p:
-            per_block = self._rotations(offsets, freq)  # (blocks, 2, R/2)
-            if p != len(entries):  # blocks of several pages: each page takes its block's angles
-                per_block = np.repeat(per_block, counts, axis=0)
-            rot[:, :p] = per_block.transpose(1, 0, 2)
-        for u in self.uploads:
-            u.push()
+        self.uploads[0].push()
+        # the pages' angles follow from the offsets alone (blocks come in prompt order, so a prompt of the same
+        # block lengths has the same offsets whatever its passages): uploaded only when they change
+        held = (freq.tobytes(), tuple(offsets), tuple(counts))
+        if held != self._rot_held:
+            rot = self.uploads[1].buffer().numpy()
+            rot[0], rot[1] = 1.0, 0.0  # the own page and unused ones: angle 0
+            if p:
+                per_block = self._rotations(offsets, freq)  # (blocks, 2, R/2)
+                if p != len(entries):  # blocks of several pages: each page takes its block's angles
+                    per_block = np.repeat(per_block, counts, axis=0)
+                rot[:, :p] = per_block.transpose(1, 0, 2)
+            self.uploads[1].push()
+            self._rot_held = held
 
     def _entry_pages(self, key: tuple) -> np.ndarray:
         """(pages, 6) int64 table rows of one entry: key (its first element's byte offset from the origin, its

@@ -202,8 +202,18 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
 
 def _same_freq(freqs: list[torch.Tensor], dst: torch.Tensor) -> bool:
     """Whether every block was encoded with the prompt's own frequencies dst (on the host, as stored ones are;
-    blocks encoded together share one tensor, compared once, and a tensor is equal to itself)."""
-    return all(f is dst or torch.equal(f.cpu(), dst) for f in {id(f): f for f in freqs}.values())
+    blocks encoded together share one tensor, compared once; a pair of tensors found equal is remembered --
+    nobody writes into frequencies)."""
+    for f in {id(f): f for f in freqs}.values():
+        if f is dst or (f is _EQUAL[0] and dst is _EQUAL[1]):
+            continue
+        if not torch.equal(f.cpu(), dst):
+            return False
+        _EQUAL[:] = [f, dst]
+    return True
+
+
+_EQUAL: list = [None, None]  # the last pair of frequency tensors found equal
 
 
 def _delta_angles(mine: list[BlockSpec], found: dict, reencoder: RopeReencoder, dst_freq, layout):
