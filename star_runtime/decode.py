@@ -17,13 +17,12 @@ its device-side positions and own-token lengths (StaticKV / QueryCache.len_t).
 from __future__ import annotations
 
 import time
-import weakref
 from dataclasses import dataclass, field
 
 import torch
 
 from .attention.hooks import attention_state
-from .attention.rope import frame_groups, rope_frame
+from .attention.rope import frame_groups, rope_frame, rotary_of
 from .attention.table import kernels_ok, write_slots
 from .fused import compiled_layers
 from .attention.merge import merge_partials, merge_two, pack, unpack
@@ -258,16 +257,8 @@ def _own_static(cache: QueryCache, layer, q, k, v, scale):
 
 # -- fixed-shape step (static / graph) ---------------------------------------------------------------------
 def graph_capturable(model) -> bool:
-    """Dynamic RoPE types choose their frequencies on the host from the positions: not capturable. (Asked a few
-    times a request: the answer is kept per model.)"""
-    hit = _CAPTURABLE.get(model)
-    if hit is None:
-        rotary = getattr(model.get_decoder(), "rotary_emb", None)
-        hit = _CAPTURABLE[model] = getattr(rotary, "rope_type", "default") not in DYNAMIC_ROPE
-    return hit
-
-
-_CAPTURABLE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+    """Dynamic RoPE types choose their frequencies on the host from the positions: not capturable."""
+    return getattr(rotary_of(model), "rope_type", "default") not in DYNAMIC_ROPE
 
 
 def use_batched_kv(shards: list[ContextShard], caches: list[QueryCache] | None, device: torch.device,
