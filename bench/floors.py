@@ -30,7 +30,11 @@ def _median_ms(fn, repeats: int = 20) -> float:
 def linear_floor_ms(model, tokens: int) -> float:
     """Milliseconds for every matmul of the decoder layers and the LM head on a (tokens, in) input, one CUDA
     graph replay (the weights read once; the same matmul kernels the model runs: a fused group of projections,
-    models/fuse.py, as its one matmul)."""
+    models/fuse.py, as its one matmul, and the decoder layers' matmuls through models/skinny.py as the fused
+    model runs them)."""
+    from star_runtime.models.fuse import SkinnyLinear, FusedPart
+    from star_runtime.models.skinny import linear as skinny_linear
+
     dev = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     mats = matmuls(model)
@@ -39,9 +43,12 @@ def linear_floor_ms(model, tokens: int) -> float:
     xs = {w.shape[1]: torch.randn(tokens, w.shape[1], device=dev, dtype=dtype) for w, _ in mats}
     xh = torch.randn(head_tokens, head.in_features, device=dev, dtype=dtype)
 
+    fast = any(isinstance(m, (SkinnyLinear, FusedPart)) for m in model.get_decoder().layers.modules())
+    lin = skinny_linear if fast else torch.nn.functional.linear
+
     def run():
         for w, b in mats:
-            torch.nn.functional.linear(xs[w.shape[1]], w, b)
+            lin(xs[w.shape[1]], w, b)
         torch.nn.functional.linear(xh, head.weight, getattr(head, "bias", None))
 
     return graph_ms(run)

@@ -5,7 +5,8 @@ Every decoder layer's projections (q, k, v, o, gate, up, down of Llama-3.1-8B's 
 set per layer so nothing stays in L2) and the LM head for one token, replayed from one CUDA graph, as the
 runtime's steps run them. Backends: ``cublas`` (torch's default), ``cublaslt`` (torch's preferred-BLAS switch),
 ``autotune`` (torch.compile max-autotune: Inductor times cuBLAS against its Triton matmul templates per shape and
-keeps the fastest), ``tunable`` (torch.cuda.tunable: every cuBLAS / cuBLASLt algorithm it lists timed per shape,
+keeps the fastest), ``skinny`` (the runtime's Triton kernel for a few rows, star_runtime/models/skinny.py, with
+its tuned tiles), ``tunable`` (torch.cuda.tunable: every cuBLAS / cuBLASLt algorithm it lists timed per shape,
 the fastest kept), and the ``fused`` twins of each, where q/k/v and gate/up are one matmul over concatenated
 weights (what a model with fused projections, e.g. Phi-3, runs). Prints a table per token count and per shape,
 and writes JSON lines (--out).
@@ -28,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from floors import copy_bandwidth, graph_ms  # noqa: E402
 
+from star_runtime.models import skinny  # noqa: E402
 from star_runtime.models.random_configs import random_config  # noqa: E402
 
 
@@ -66,6 +68,8 @@ def main():
         torch.cuda.tunable.enable(backend == "tunable")  # TunableOp: cuBLAS / cuBLASLt algorithms timed per shape
         torch.cuda.tunable.tuning_enable(backend == "tunable")
         lin = F.linear
+        if backend == "skinny":  # the runtime's kernel for <= 64 rows (star_runtime/models/skinny.py)
+            lin = skinny.linear
         if backend == "autotune":
             torch._dynamo.reset()
             for knob in ("cache_size_limit", "recompile_limit"):  # one compile per shape

@@ -90,9 +90,9 @@ class RunConfig:
     prefill_layers: str = knob("auto", "phase 1's decoder layers: auto (torch.compile'd on GPUs, about a minute to "
                                        "compile an 8B model once per process; eager on CPU), compiled, eager",
                                "compile", choices=PREFILL_LAYERS)
-    blas: str = knob("auto", "matmul library on CUDA, for the whole process: auto (cuBLASLt: every 8B linear "
-                             "layer for 64 tokens 4.10 ms against cuBLAS's 4.30 on an H200, the same for one), "
-                             "cublaslt, cublas", "compile", choices=BLAS)
+    blas: str = knob("auto", "matmul library on CUDA, for the whole process: auto (the Triton kernel of "
+                             "models/skinny.py for 64 tokens or fewer where it was tuned faster, cuBLASLt for the "
+                             "rest), cublaslt, cublas (that library for every matmul)", "compile", choices=BLAS)
     unfused_projections: bool = knob(False, "keep each layer's q/k/v and gate/up as separate matmuls (default: "
                                             "one matmul each over their weights concatenated, no memory added; "
                                             "models/fuse.py)", "compile")

@@ -32,7 +32,7 @@ from .attention.partial import (ROWS_SPLIT_TOKENS, decode_partial, empty_partial
 from .kv.shard import ContextShard
 from .models.loader import head_dim, model_shape, num_layers
 from .progress import tick
-from .sampling import GREEDY_BELOW
+from .sampling import GREEDY_BELOW, argmax_rows
 from .table_step import TableStep
 
 EOS, STOP_WORD = 1, 2
@@ -653,7 +653,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
             rows = []
             # greedy batch: one argmax and one device-to-host copy for every sample
             if greedy is None and all(samplers[b].temperature < GREEDY_BELOW for b in batch):
-                greedy = torch.argmax(logits, dim=-1).tolist()
+                greedy = argmax_rows(logits).tolist()
             for i, b in enumerate(batch):
                 if keep_logits:
                     gens[b].logits.append(logits[i].float().cpu())
@@ -732,7 +732,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
             next_ids = None
             if group.world_size == 1 and all(samplers[b].temperature < GREEDY_BELOW for b in range(n)):
                 # greedy on one worker: the next step's input stays on the device, one copy to the host
-                next_ids = torch.argmax(logits, dim=-1)
+                next_ids = argmax_rows(logits)
                 picked = next_ids.tolist()
                 decide(batch, logits[batch], [picked[b] for b in batch])
             else:
@@ -836,7 +836,7 @@ class Sequences:
         rows = []
         if self.group.is_host:
             seqs = [self.seqs[i] for i in ids]
-            greedy = torch.argmax(logits, -1).tolist() if all(s.sampler.temperature < GREEDY_BELOW for s in seqs) \
+            greedy = argmax_rows(logits).tolist() if all(s.sampler.temperature < GREEDY_BELOW for s in seqs) \
                 else None
             for j, s in enumerate(seqs):
                 tok = greedy[j] if greedy is not None else s.sampler(logits[j])

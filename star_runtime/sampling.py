@@ -8,6 +8,38 @@ import torch
 GREEDY_BELOW = 1e-5  # temperatures below this choose greedily (their softmax is a one-hot up to rounding)
 
 
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """logits (A, V), unit stride on V -> (A,) int64, equal to torch.argmax(logits, -1): the first index of each
+    row's largest value (a NaN counts as the largest). In two passes -- the largest of each chunk of the row,
+    then the first chunk holding the row's largest -- because one pass over a 128K vocabulary is one long
+    reduction per row (34 us on an H200 for one row against a few for the two). Exact: both passes keep the
+    first index among equals, and chunks are in row order."""
+    a, v = logits.shape
+    c = _chunk(v)
+    if c is None or logits.stride(-1) != 1:
+        return torch.argmax(logits, -1)
+    vals, idx = logits.view(a, v // c, c).max(-1)  # (A, V / c): each chunk's largest and its first index
+    j = vals.argmax(-1, keepdim=True)  # (A, 1): the first chunk holding the row's largest
+    return (j * c + idx.gather(-1, j)).squeeze(-1)
+
+
+_CHUNKS: dict = {}
+
+
+def _chunk(v: int) -> int | None:
+    """The divisor of v nearest its square root (passes of similar length), None below 4096 or without one
+    >= 16."""
+    if v not in _CHUNKS:
+        best = None
+        if v >= 4096:
+            root = int(v ** 0.5)
+            for c in range(16, v // 16 + 1):
+                if v % c == 0 and (best is None or abs(c - root) < abs(best - root)):
+                    best = c
+        _CHUNKS[v] = best
+    return _CHUNKS[v]
+
+
 class Sampler:
     """logits (V,) -> token id. temperature 0 = greedy; otherwise seeded so a run is repeatable."""
 
@@ -18,7 +50,7 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor) -> int:
         if self.temperature < GREEDY_BELOW:  # 0, or so small that the scaled logits overflow: greedy
-            return int(torch.argmax(logits))
+            return int(argmax_rows(logits.reshape(1, -1))[0])
         probs = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
         if not torch.isfinite(probs).all():  # overflow at an extreme temperature: the limit is greedy
             return int(torch.argmax(logits))

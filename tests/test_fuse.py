@@ -9,7 +9,7 @@ import torch
 
 from star_runtime.attention.hooks import attention_state
 from star_runtime.config import RunConfig
-from star_runtime.models.fuse import FusedPart, fuse_projections, stock_projections
+from star_runtime.models.fuse import FusedPart, SkinnyLinear, fuse_projections, stock_projections
 from star_runtime.models.loader import load_model, resolve_model
 from star_runtime.modes.block import CollectPrefill
 from star_runtime.parallel.worker import Worker
@@ -44,8 +44,10 @@ def test_fused_equals_stock(name, groups):
         assert attn.k_proj.weight.data_ptr() == group.weight[attn.q_proj.out_features].data_ptr()
         if attn.q_proj.bias is not None:
             assert attn.v_proj.bias.data_ptr() == group.bias[-attn.v_proj.out_features].data_ptr()
+        assert type(attn.o_proj) is SkinnyLinear  # the layer's other matmuls: the same module, another forward
         with stock_projections(model):
             assert type(attn.q_proj) is torch.nn.Linear and attn.q_proj.weight.data_ptr() == group.weight.data_ptr()
+            assert type(attn.o_proj) is torch.nn.Linear
             torch.testing.assert_close(logits(model, ids), logits(stock, ids), atol=1e-5, rtol=0)
         assert isinstance(attn.q_proj, FusedPart)
 

@@ -5,7 +5,7 @@ import torch
 
 from conftest import make_engine, random_ids, run_ids
 from star_runtime.prompts import split_chat_template
-from star_runtime.sampling import Sampler, truncate_at_stop_words
+from star_runtime.sampling import Sampler, argmax_rows, truncate_at_stop_words
 
 
 def test_greedy_and_seeded_sampling():
@@ -61,3 +61,19 @@ def test_chat_template_split_keeps_context_then_query():
         head, tail = split_chat_template(eng.tokenizer, "CONTEXT TEXT", " QUERY?")
     assert head.endswith("CONTEXT TEXT") and "<|im_start|>user" in head
     assert tail.startswith(" QUERY?") and tail.rstrip().endswith("<|im_start|>assistant")
+
+
+@pytest.mark.parametrize("vocab", [128256, 49152, 151936, 8198, 1000])
+def test_two_pass_argmax_equals_torch_argmax(vocab):
+    """sampling.argmax_rows against torch.argmax: ties (the first index wins), NaNs (the first NaN wins), rows
+    of a strided view (the last position of (A, T, V) logits), bf16 and fp32; vocabularies with and without a
+    chunk divisor."""
+    g = torch.Generator().manual_seed(vocab)
+    for trial in range(12):
+        x = torch.randint(-3, 3, (4, vocab), generator=g).float()
+        if trial % 3 == 0:
+            x[1, torch.randint(0, vocab, (3,), generator=g)] = float("nan")
+        if trial % 4 == 0:
+            x[2] = 1.0  # every index ties: index 0
+        for t in (x, x.bfloat16(), torch.randn(2, 3, vocab, generator=g)[:, -1]):
+            assert torch.equal(argmax_rows(t), torch.argmax(t, -1)), (vocab, trial, t.dtype)

@@ -13,6 +13,10 @@ stock forward still calls its three modules, which are swapped for ``FusedPart``
 weights (the same math: each output element is the same dot product, up to the rounding of a different GEMM
 tiling).
 
+Every matmul of a fused layer -- the groups and the layer's other nn.Linear modules (o_proj, down_proj), which
+become ``SkinnyLinear`` (the same module, its class swapped) -- goes through models/skinny.py: its Triton kernel
+for 64 tokens or fewer where it was tuned faster, torch's matmul otherwise.
+
 Inference only: the parts share one weight tensor that no gradient reaches through the per-part views.
 """
 
@@ -21,8 +25,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from . import skinny
 
 GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
 
@@ -40,7 +45,7 @@ class FusedProjection:
     def part(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> the output (..., sizes[index]) of projection ``index``."""
         if self.x is not x:  # a new input: every output at once
-            self.x, self.outs, self.left = x, F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1), len(self.sizes)
+            self.x, self.outs, self.left = x, skinny.linear(x, self.weight, self.bias).split(self.sizes, dim=-1), len(self.sizes)
         out = self.outs[index]
         self.left -= 1
         if self.left == 0:  # every part has its slice: hold nothing between forwards
@@ -65,6 +70,13 @@ class FusedPart(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fused part {self.index}"
+
+
+class SkinnyLinear(nn.Linear):
+    """An nn.Linear whose matmul is models/skinny.py's (the kernel for a few rows where it serves)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return skinny.linear(x, self.weight, self.bias)
 
 
 def _fusable(linears: list) -> bool:
@@ -97,15 +109,23 @@ def fuse_projections(model) -> int:
             for i, (n, w, b) in enumerate(zip(names, ws, bs)):
                 setattr(owner, n, FusedPart(group, i, w, b))
             fused += 1
+        for m in layer.modules():  # the layer's other matmuls: the same modules, the skinny kernel's forward
+            if type(m) is nn.Linear:
+                m.__class__ = SkinnyLinear
     return fused
 
 
 @contextlib.contextmanager
 def stock_projections(model):
-    """Inside the block every fused part of ``model`` is an nn.Linear again over the same weight views (the stock
-    layer's three / two matmuls: a baseline that runs the model as transformers does)."""
-    swapped = []
+    """Inside the block every fused part of ``model`` is an nn.Linear again over the same weight views, and every
+    SkinnyLinear a plain nn.Linear (the stock layer's matmuls: a baseline that runs the model as transformers
+    does)."""
+    swapped, recast = [], []
     for layer in model.get_decoder().layers:
+        for m in layer.modules():
+            if type(m) is SkinnyLinear:
+                m.__class__ = nn.Linear
+                recast.append(m)
         for owner_name, names in GROUPS:
             owner = getattr(layer, owner_name, None)
             for n in names:
@@ -121,3 +141,5 @@ def stock_projections(model):
     finally:
         for owner, n, part in swapped:
             setattr(owner, n, part)
+        for m in recast:
+            m.__class__ = SkinnyLinear

@@ -20,6 +20,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..decode import (Arenas, PrefillStep, Sequences, arena_path, generate, query_bucket,
                       resolve_decode_mode, sync_device)
+from ..models import skinny
 from ..models.fuse import fuse_projections
 from ..models.loader import ModelSource, head_dim, load_model, load_tokenizer, resolve_dtype
 from ..modes import get_mode
@@ -129,6 +130,7 @@ class Worker:
             torch.set_num_threads(threads)
         if self.device.type == "cuda":  # process-wide: every matmul of this worker's process
             torch.backends.cuda.preferred_blas_library("cublas" if cfg.blas == "cublas" else "cublaslt")
+            skinny.enable(cfg.blas == "auto")  # auto: the Triton kernel for a few rows where it was tuned faster
         self.group = Group.init(rank, world_size, self.device, init_method, cfg.collective_timeout_s)
         self.model = load_model(source, resolve_dtype(cfg.dtype, cfg.device), self.device, self.devices)
         if not cfg.unfused_projections and len(self.devices) == 1:
