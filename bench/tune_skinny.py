@@ -47,6 +47,16 @@ def candidates(bm: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
+def write(card: str, bm: int, n: int, k: int, conf: tuple | None) -> None:
+    """Merge one entry into skinny_tuned.json: the configuration, or None where torch's matmul was faster (the
+    shape then keeps F.linear)."""
+    table = json.loads(skinny.TUNED_FILE.read_text()) if skinny.TUNED_FILE.exists() else {}
+    table.setdefault(card, {})[f"{bm},{n},{k}"] = list(conf) if conf else None
+    tmp = skinny.TUNED_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, skinny.TUNED_FILE)  # atomic: a reader sees the old table or the new one
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama3-8b", help="a random_configs shape")
@@ -96,6 +106,8 @@ def main():
                    "all": sorted(good, key=lambda r: r["us"])}
             if top is not None:
                 best[(bm, n, k)] = (tuple(top["config"]), top["us"], torch_us, floor_us)
+                if a.write:  # after every shape: a run cut short keeps what it measured
+                    write(card, bm, n, k, tuple(top["config"]) if top["us"] < torch_us else None)
             print(json.dumps({k_: v for k_, v in rec.items() if k_ != "all"}), flush=True)
             if out:
                 out.write(json.dumps(rec) + "\n")
@@ -104,12 +116,7 @@ def main():
     print(f"{'bucket':>6} {'N':>6} {'K':>6} {'skinny us':>9} {'torch us':>8} {'floor us':>8}  config")
     for (bm, n, k), (conf, us, tus, fus) in best.items():
         print(f"{bm:>6} {n:>6} {k:>6} {us:>9.1f} {tus:>8.1f} {fus:>8.1f}  {conf}")
-    if a.write:  # only where the kernel beats torch's matmul: elsewhere the shape keeps F.linear
-        table = json.loads(skinny.TUNED_FILE.read_text()) if skinny.TUNED_FILE.exists() else {}
-        mine = table.setdefault(card, {})
-        for (bm, n, k), (conf, us, tus, _) in best.items():
-            mine[f"{bm},{n},{k}"] = list(conf) if us < tus else None
-        skinny.TUNED_FILE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    if a.write:
         print(f"wrote {skinny.TUNED_FILE}")
 
 
