@@ -64,7 +64,8 @@ def main():
     head = torch.randn(cfg.vocab_size, cfg.hidden_size, device=dev, dtype=dt) * 0.02
     rows = []
     for backend in a.backends:
-        torch.backends.cuda.preferred_blas_library("cublaslt" if backend in ("cublaslt", "tunable") else "cublas")
+        lt = backend in ("cublaslt", "tunable", "skinny")  # skinny: cuBLASLt where the kernel is not taken
+        torch.backends.cuda.preferred_blas_library("cublaslt" if lt else "cublas")
         torch.cuda.tunable.enable(backend == "tunable")  # TunableOp: cuBLAS / cuBLASLt algorithms timed per shape
         torch.cuda.tunable.tuning_enable(backend == "tunable")
         lin = F.linear

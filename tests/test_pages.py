@@ -59,13 +59,12 @@ def case(lens, hq, hkv, d, t, tb, layers=2, seed=0):
 
 CASES = [([300, 40, 512], 4, 2, 32, 5, 16), ([17], 6, 2, 32, 1, 1), ([100, 260, 7, 64], 6, 2, 64, 13, 16)]
 
-def check(kernel, config=None):
+def check(kernel):
     for i, (lens, hq, hkv, d, t, tb) in enumerate(CASES):
         entries, offs, inv, own, L, q, refs = case(lens, hq, hkv, d, t, tb, seed=i)
         chunk = 128 if i == 0 else 512  # the first case: blocks of several pages
         table = PageTable(2 * pages_needed(lens, chunk), hkv, d // 2, "cpu", kernel=kernel, chunk=chunk)  # + unused
         table.fill(entries, offs, inv, own, L, tb)
-        table.config = config
         for layer, (ref, ref_lse) in enumerate(refs):
             out, lse = table.attend(layer, q, d ** -0.5)
             if kernel:  # a kernel failure falls back to the (exact) torch form: that must not pass for the kernel
@@ -79,11 +78,8 @@ def check(kernel, config=None):
 """
 
 
-@pytest.mark.parametrize("config", [None, (64, 64, 4, 3, 1, 3, 1)], ids=["default", "flat-3-splits"])
-def test_paged_kernel_against_keys_at_their_target_positions_in_the_interpreter(config):
-    """The default walk (page by page), and the flat walk (a split's cached pages as one run of key tiles, its own
-    page after) with 3 splits: pages shared unevenly, the own page on a split of its own."""
-    run_interpreted(HEADER + SETUP + f"\ncheck(kernel=True, config={config!r})\n", 3)
+def test_paged_kernel_against_keys_at_their_target_positions_in_the_interpreter():
+    run_interpreted(HEADER + SETUP + "\ncheck(kernel=True)\n", 3)
 
 
 REFILL = r"""

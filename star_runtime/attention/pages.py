@@ -76,7 +76,7 @@ class PageTable:
         self._page_rows: dict = {}  # an entry's (address, length, ...) -> its pages' table rows
         self._freq_of, self._freq = None, None  # the frequencies' tensor last given, as fp64 numpy
         self._rot_held = None  # what the device rotation table holds: (frequencies, offsets, pages per block)
-        self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages[, fast[, splits[, flat]]]) to try
+        self.config: tuple | None = None  # (BLOCK_M, BLOCK_N, warps, stages[, fast[, splits]]) to try
 
     def fill(self, entries: list[torch.Tensor], offsets: list[int], inv_freq: torch.Tensor, own: torch.Tensor,
              start: int, own_len: int, origin: torch.Tensor | None = None) -> None:
@@ -234,7 +234,7 @@ def _kernel():
     def paged_kernel(Q, KV, META, ROT, O, L, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h, TB, scale_log2,
                      HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, S: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAST: tl.constexpr,
-                     STAGES: tl.constexpr, FLAT: tl.constexpr):
+                     STAGES: tl.constexpr):
         mt = tl.program_id(0)
         s = tl.program_id(1)
         h = tl.program_id(2)
@@ -253,47 +253,7 @@ def _kernel():
         acc = tl.zeros((BLOCK_M, D), tl.float32)
         jl = tl.arange(0, BLOCK_N)
         count = tl.load(META + P * 7)  # pages in use; the rest of the table is not read
-        first = s
-        if FLAT:
-            # this split's cached pages as one pipelined walk of key tiles (no drain and refill of the
-            # pipeline at each page): the page and tile come along as loop-carried values; the query is
-            # rotated by the current page's angles at every tile. The own page (the last in use) follows.
-            tiles_total = (count * 0).to(tl.int32)
-            for p in range(s, count - 1, S):
-                tiles_total += ((tl.load(META + p * 7 + 5) + BLOCK_N - 1) // BLOCK_N).to(tl.int32)
-            fp = (count * 0 + s).to(tl.int32)
-            fj = (count * 0).to(tl.int32)
-            for _ in tl.range(0, tiles_total, num_stages=STAGES):
-                mp = META + fp.to(tl.int64) * 7
-                n = tl.load(mp + 5)
-                kb = (KV + tl.multiple_of(tl.load(mp), 8) + layer * tl.multiple_of(tl.load(mp + 1), 8)
-                      + h * tl.multiple_of(tl.load(mp + 3), 8))
-                vo = tl.multiple_of(tl.load(mp + 2), 8)
-                ts = tl.multiple_of(tl.load(mp + 4), 8)
-                c = tl.load(ROT + fp * HALF + e)[None, :] * scale_log2
-                sn = tl.load(ROT + P * HALF + fp * HALF + e)[None, :] * scale_log2
-                a1, a2 = q1.to(tl.float32), q2.to(tl.float32)
-                r1 = (a1 * c + a2 * sn).to(Q.dtype.element_ty)
-                r2 = (a2 * c - a1 * sn).to(Q.dtype.element_ty)
-                j = (fj + jl).to(tl.int64)
-                kmask = j < n
-                kp = kb + j[:, None] * ts
-                qk = tl.dot(r1, tl.trans(tl.load(kp + e[None, :], mask=kmask[:, None], other=0.0)))
-                qk = tl.dot(r2, tl.trans(tl.load(kp + HALF + e[None, :], mask=kmask[:, None], other=0.0)), qk)
-                qk = tl.where(kmask[None, :], qk, float("-inf"))  # a tile has a key: no row is all -inf
-                m_new = tl.maximum(m_i, tl.max(qk, 1))
-                alpha = tl.exp2(m_i - m_new)
-                pr = tl.exp2(qk - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(pr, 1)
-                v = tl.load(kp + vo + d[None, :], mask=kmask[:, None], other=0.0)
-                acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
-                m_i = m_new
-                fj += BLOCK_N
-                nxt = fj >= n
-                fp = tl.where(nxt, fp + S, fp)
-                fj = tl.where(nxt, 0, fj)
-            first = count - 1 + ((s - (count - 1)) % S + S) % S  # the own page, if it is this split's
-        for p in range(first, count, S):
+        for p in range(s, count, S):
             mp = META + p * 7
             n = tl.load(mp + 5)
             # offsets in elements from KV, each a multiple of 8 (16 bytes): the loads below are vectorized
@@ -374,10 +334,9 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
     g = hq // hkv
     rows = tb * g
     block_m, block_n = tiles(rows, d)
-    warps, stages, fast, want, flat = 4, 3, 1, 0, 0  # want: splits, 0 = as many as fill the card
+    warps, stages, fast, want = 4, 3, 1, 0  # want: splits, 0 = as many as fill the card
     if table.config is not None:
-        block_m, block_n, warps, stages, fast, want, flat = (tuple(table.config)
-                                                             + (1, 0, 0)[len(table.config) - 4:])
+        block_m, block_n, warps, stages, fast, want = (tuple(table.config) + (1, 0)[len(table.config) - 4:])
     n_mt = -(-rows // block_m)
     dev = q.device
     splits = min(table.capacity, want or page_splits(n_mt * hkv, sm_count(dev)))
@@ -390,6 +349,6 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
         q, table.kv, table.meta, table.rot, o_part, l_part, layer, table.capacity, q.stride(1), q.stride(2),
         o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1), tb,
         scale * 1.4426950408889634, HKV=hkv, G=g, D=d, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
-        FAST=fast, STAGES=stages, FLAT=flat, num_warps=warps, num_stages=stages)
+        FAST=fast, STAGES=stages, num_warps=warps, num_stages=stages)
     out, lse = merge_splits(o_part, l_part, q.dtype, token_major=True)  # (Hq, Tb, D) over (Tb, Hq, D) memory
     return out.unsqueeze(0), lse.unsqueeze(0)

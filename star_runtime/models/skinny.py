@@ -139,7 +139,9 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, c: tup
             _WORK[key] = (torch.empty((s, bm, n), dtype=torch.float32, device=x.device),
                           torch.zeros(n // bn, dtype=torch.int32, device=x.device))
         part, count = _WORK[key]
-    _kernel()[(n // bn, s)](x, weight, bias if bias is not None else y, y, part, count, m, n, k, x.stride(0),
+    # the slice length goes in as a number of its own: Triton then knows it (and each slice's start) is a
+    # multiple of 16 and vectorizes the loads -- computed in the kernel as K // S it is not known to be
+    _kernel()[(n // bn, s)](x, weight, bias if bias is not None else y, y, part, count, m, n, k // s, x.stride(0),
                             weight.stride(0), s, HAS_BIAS=bias is not None, SPLIT=s > 1, BM=bm, BN=bn, BK=bk,
                             num_warps=warps, num_stages=stages)
     return y
@@ -155,7 +157,7 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def skinny_kernel(X, W, B, Y, PART, COUNT, M, N, K, sxm, swn, S, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    def skinny_kernel(X, W, B, Y, PART, COUNT, M, N, KS, sxm, swn, S, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         pn = tl.program_id(0)
         ps = tl.program_id(1)
@@ -163,11 +165,10 @@ def _kernel():
         rn = pn * BN + tl.arange(0, BN)
         rk = tl.arange(0, BK)
         m_ok = rm < M
-        ks = K // S  # the slice of input features this program reads
-        xp = X + rm[:, None] * sxm + (ps * ks + rk)[None, :]
-        wp = W + rn[:, None].to(tl.int64) * swn + (ps * ks + rk)[None, :]
+        xp = X + rm[:, None] * sxm + (ps * KS + rk)[None, :]  # this program's slice of KS input features
+        wp = W + rn[:, None].to(tl.int64) * swn + (ps * KS + rk)[None, :]
         acc = tl.zeros((BM, BN), tl.float32)
-        for k0 in range(0, ks, BK):
+        for k0 in range(0, KS, BK):
             x = tl.load(xp + k0, mask=m_ok[:, None], other=0.0)
             w = tl.load(wp + k0)
             acc = tl.dot(x, tl.trans(w), acc)
