@@ -162,7 +162,7 @@ def main():
             "second_token_ms": 1000 * statistics.median(ttft(w) + w.decode_s for w in two),
             "cold_ttft_ms": 1000 * ttft(cold),
             "dense_ttft_ms": 1000 * statistics.median(ttft(d) for d in dense),
-            "card": card, "model": a.model, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+            "card": card, "model": a.model, "blas": cfg.blas, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "floor_weights_ms": weights_ms, "floor_kv_ms": 1000 * n * a.passage * per_token / bw,
         }
         row["floor_ms"] = row["floor_weights_ms"] + row["floor_kv_ms"]

@@ -121,7 +121,7 @@ def main():
         shards = random_shards(model, batch, length, g)
         weights_ms = linear_floor_ms(model, batch)
         kv_ms = 1000 * batch * (length + a.steps) * per_token / bw
-        row = {"card": card, "model": cfg.model_path, "batch": batch, "context": length,
+        row = {"card": card, "model": cfg.model_path, "blas": cfg.blas, "batch": batch, "context": length,
                "floor_ms": weights_ms + kv_ms, "floor_weights_ms": weights_ms, "floor_kv_ms": kv_ms,
                "floor_bytes_ms": 1000 * weight_bytes(model) / bw + kv_ms,
                "copy_gb_s": bw / 1e9, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
