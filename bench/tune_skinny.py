@@ -4,8 +4,9 @@ bandwidth, all in the same run.
 
 Each shape gets ``--copies`` weights (so nothing stays in L2) applied one after another from one CUDA graph;
 every configuration's output is checked against torch's (bf16: max |diff| <= 2 ulps of the output's scale).
-Prints the fastest configuration per (rows bucket, N, K) as the TUNED table's entries and writes every timing
-as JSON lines (--out).
+Prints the fastest configuration per (rows bucket, N, K) and writes every timing as JSON lines (--out); --write
+merges the winners into skinny_tuned.json. A bucket is tuned at the token count given for it (1 for the 16-row
+bucket: decode; give one count per bucket).
 
     python bench/tune_skinny.py --tokens 64 1 --out docs/results/skinny_tune_h200.jsonl
 """
@@ -86,7 +87,7 @@ def main():
             bm = skinny.rows_bucket(t)
             rows = []
             todo = [(c, s) for c in candidates(bm) for s in a.splits
-                    if n % c[0] == 0 and k % (s * c[1]) == 0 and 66 <= (n // c[0]) * s <= 4096]
+                    if n % c[0] == 0 and k % (s * c[1]) == 0 and sms // 2 <= (n // c[0]) * s <= 32 * sms]
             for (bn, bk, w, st), s in tqdm(todo, desc=f"{name} {n}x{k} {t} tokens", file=sys.stderr):
                 conf = (bn, bk, s, w, st)
                 try:
@@ -106,8 +107,8 @@ def main():
                    "all": sorted(good, key=lambda r: r["us"])}
             if top is not None:
                 best[(bm, n, k)] = (tuple(top["config"]), top["us"], torch_us, floor_us)
-                if a.write:  # after every shape: a run cut short keeps what it measured
-                    write(card, bm, n, k, tuple(top["config"]) if top["us"] < torch_us else None)
+            if a.write:  # after every shape: a run cut short keeps what it measured; none passing: torch's
+                write(card, bm, n, k, tuple(top["config"]) if top is not None and top["us"] < torch_us else None)
             print(json.dumps({k_: v for k_, v in rec.items() if k_ != "all"}), flush=True)
             if out:
                 out.write(json.dumps(rec) + "\n")

@@ -92,7 +92,8 @@ class RunConfig:
                                "compile", choices=PREFILL_LAYERS)
     blas: str = knob("auto", "matmul library on CUDA, for the whole process: auto (the Triton kernel of "
                              "models/skinny.py for 64 tokens or fewer where it was tuned faster, cuBLASLt for the "
-                             "rest), cublaslt, cublas (that library for every matmul)", "compile", choices=BLAS)
+                             "rest; only in fused layers: not with --unfused_projections or a worker over several "
+                             "GPUs), cublaslt, cublas (that library for every matmul)", "compile", choices=BLAS)
     unfused_projections: bool = knob(False, "keep each layer's q/k/v and gate/up as separate matmuls (default: "
                                             "one matmul each over their weights concatenated, no memory added; "
                                             "models/fuse.py)", "compile")

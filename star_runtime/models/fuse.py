@@ -121,22 +121,22 @@ def stock_projections(model):
     SkinnyLinear a plain nn.Linear (the stock layer's matmuls: a baseline that runs the model as transformers
     does)."""
     swapped, recast = [], []
-    for layer in model.get_decoder().layers:
-        for m in layer.modules():
-            if type(m) is SkinnyLinear:
-                m.__class__ = nn.Linear
-                recast.append(m)
-        for owner_name, names in GROUPS:
-            owner = getattr(layer, owner_name, None)
-            for n in names:
-                part = getattr(owner, n, None) if owner is not None else None
-                if isinstance(part, FusedPart):
-                    lin = nn.Linear(part.in_features, part.out_features, bias=part.bias is not None,
-                                    device="meta")
-                    lin.weight, lin.bias = part.weight, part.bias
-                    setattr(owner, n, lin)
-                    swapped.append((owner, n, part))
     try:
+        for layer in model.get_decoder().layers:
+            for m in layer.modules():
+                if type(m) is SkinnyLinear:
+                    m.__class__ = nn.Linear
+                    recast.append(m)
+            for owner_name, names in GROUPS:
+                owner = getattr(layer, owner_name, None)
+                for n in names:
+                    part = getattr(owner, n, None) if owner is not None else None
+                    if isinstance(part, FusedPart):
+                        lin = nn.Linear(part.in_features, part.out_features, bias=part.bias is not None,
+                                        device="meta")
+                        lin.weight, lin.bias = part.weight, part.bias
+                        setattr(owner, n, lin)
+                        swapped.append((owner, n, part))
         yield
     finally:
         for owner, n, part in swapped:

@@ -88,8 +88,8 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias) for x (..., K): the skinny kernel where it serves, torch's matmul elsewhere.
     Inside torch.compile it is one opaque op (the choice is made on the real shapes when it runs)."""
-    if x.device.type != "cuda":
-        return F.linear(x, weight, bias)
+    if x.device.type != "cuda" or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return F.linear(x, weight, bias)  # off CUDA, or training (the op has no gradient): torch's matmul
     if torch.compiler.is_compiling():
         return _linear_op(x, weight, bias)
     return _linear(x, weight, bias)
@@ -98,7 +98,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     k = x.shape[-1]
     m = x.numel() // k if k else 0
-    if m == 0 or m > MAX_ROWS or not weight.is_contiguous() or not usable(x, weight):
+    if (m == 0 or m > MAX_ROWS or not weight.is_contiguous() or not usable(x, weight)
+            or (bias is not None and (bias.dtype != x.dtype or not bias.is_contiguous()))):
         return F.linear(x, weight, bias)
     c = config(m, weight.shape[0], k, x.device)
     if c is None:
@@ -136,9 +137,15 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, c: tup
     if s > 1:
         key = (x.device, s, bm, n, bn)
         if key not in _WORK:  # the counters start at 0; the last program of each tile puts its counter back
+            if x.is_cuda and torch.cuda.is_current_stream_capturing():  # recorded, not run: counters unset
+                raise RuntimeError("the skinny matmul's first call of this shape is inside a CUDA graph capture; "
+                                   "run the step once before capturing it")
             _WORK[key] = (torch.empty((s, bm, n), dtype=torch.float32, device=x.device),
                           torch.zeros(n // bn, dtype=torch.int32, device=x.device))
         part, count = _WORK[key]
+    if x.device.type == "cuda" and x.device.index != torch.cuda.current_device():  # Triton's launch device
+        with torch.cuda.device(x.device):
+            return run(x, weight, bias, c)
     # the slice length goes in as a number of its own: Triton then knows it (and each slice's start) is a
     # multiple of 16 and vectorizes the loads -- computed in the kernel as K // S it is not known to be
     _kernel()[(n // bn, s)](x, weight, bias if bias is not None else y, y, part, count, m, n, k // s, x.stride(0),
@@ -165,7 +172,7 @@ def _kernel():
         rn = pn * BN + tl.arange(0, BN)
         rk = tl.arange(0, BK)
         m_ok = rm < M
-        xp = X + rm[:, None] * sxm + (ps * KS + rk)[None, :]  # this program's slice of KS input features
+        xp = X + rm[:, None].to(tl.int64) * sxm + (ps * KS + rk)[None, :]  # this program's slice of KS input features
         wp = W + rn[:, None].to(tl.int64) * swn + (ps * KS + rk)[None, :]
         acc = tl.zeros((BM, BN), tl.float32)
         for k0 in range(0, KS, BK):
