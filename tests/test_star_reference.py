@@ -100,11 +100,21 @@ def reference_model():
         yield eng.launcher.worker.model
 
 
+@pytest.fixture(scope="module")
+def three_ray_workers(ray_session):
+    """One star run on three Ray workers for every case below (starting workers costs seconds): each case's
+    layout goes in as the call's options, as a caller varying block and anchor sizes per request does."""
+    with make_engine(MODEL, attn_type="star", block_size=32, num_workers=3) as eng:
+        yield eng
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_star_three_ray_workers_equal_star_mask_reference(ray_session, reference_model, case):
+def test_star_three_ray_workers_equal_star_mask_reference(three_ray_workers, reference_model, case):
+    from star_runtime.parallel.worker import Options, Request
+
     ctx, query, block, anchor = inputs(case)
-    with make_engine(MODEL, attn_type="star", block_size=block, anchor_block_size=anchor, num_workers=3) as eng:
-        rep = run_ids(eng, ctx, query, NEW_TOKENS)
+    rep = three_ray_workers.run(Request(0, ctx, query, NEW_TOKENS, keep_logits=True),
+                                Options(block_size=block, anchor_block_size=anchor))
     ref_tokens, ref_logits = star_mask_reference(reference_model, ctx, query, block, anchor, NEW_TOKENS)
     n_blocks = -(-len(ctx) // block)
     per_rank = [len(p) for p in torch.tensor_split(torch.arange(n_blocks), 3)]
