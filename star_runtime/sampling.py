@@ -53,7 +53,7 @@ class Sampler:
             return int(argmax_rows(logits.reshape(1, -1))[0])
         probs = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
         if not torch.isfinite(probs).all():  # overflow at an extreme temperature: the limit is greedy
-            return int(torch.argmax(logits))
+            return int(argmax_rows(logits.reshape(1, -1))[0])
         if self.top_p < 1.0:
             sorted_p, order = torch.sort(probs, descending=True)
             cum = torch.cumsum(sorted_p, dim=-1)

@@ -75,10 +75,9 @@ def enable(on: bool) -> None:
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Switched on, CUDA, half precision, Triton there, and no autograd (inference only)."""
-    if not _ON["on"] or x.device.type != "cuda" or x.dtype not in (torch.float16, torch.bfloat16) or weight.dtype != x.dtype:
-        return False
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    """Switched on, half precision and Triton there (``linear`` has already sent CPU tensors and autograd to
+    torch's matmul)."""
+    if not _ON["on"] or x.dtype not in (torch.float16, torch.bfloat16) or weight.dtype != x.dtype:
         return False
     from ..attention.split_kv import available
 
@@ -126,6 +125,9 @@ _WORK: dict = {}
 def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, c: tuple) -> torch.Tensor:
     """x (M, K) unit stride on K, weight (N, K) contiguous -> (M, N), with configuration c (BLOCK_N, BLOCK_K,
     splits, warps, stages); the shape must be divisible by the tiles (N % BLOCK_N, K % (splits BLOCK_K))."""
+    if x.device.type == "cuda" and x.device.index != torch.cuda.current_device():  # Triton's launch device
+        with torch.cuda.device(x.device):
+            return run(x, weight, bias, c)
     m, k = x.shape
     n = weight.shape[0]
     bn, bk, s, warps, stages = c
@@ -143,9 +145,6 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, c: tup
             _WORK[key] = (torch.empty((s, bm, n), dtype=torch.float32, device=x.device),
                           torch.zeros(n // bn, dtype=torch.int32, device=x.device))
         part, count = _WORK[key]
-    if x.device.type == "cuda" and x.device.index != torch.cuda.current_device():  # Triton's launch device
-        with torch.cuda.device(x.device):
-            return run(x, weight, bias, c)
     # the slice length goes in as a number of its own: Triton then knows it (and each slice's start) is a
     # multiple of 16 and vectorizes the loads -- computed in the kernel as K // S it is not known to be
     _kernel()[(n // bn, s)](x, weight, bias if bias is not None else y, y, part, count, m, n, k // s, x.stride(0),
@@ -180,7 +179,6 @@ def _kernel():
             w = tl.load(wp + k0)
             acc = tl.dot(x, tl.trans(w), acc)
         out_at = rm[:, None] * N + rn[None, :]
-        total = acc
         if SPLIT:
             # this slice's partial, then the tile's arrival counter; every thread's stores are issued before
             # the counter is raised (barrier; the release orders them) and the last arrival reads them back
@@ -197,10 +195,10 @@ def _kernel():
                 if HAS_BIAS:
                     total += tl.load(B + rn).to(tl.float32)[None, :]
                 tl.store(Y + out_at, total.to(Y.dtype.element_ty), mask=m_ok[:, None])
-        else:
+        else:  # (the same two steps: a jit helper would not resolve in Triton's interpreter, the CPU tests' path)
             if HAS_BIAS:
-                total += tl.load(B + rn).to(tl.float32)[None, :]
-            tl.store(Y + out_at, total.to(Y.dtype.element_ty), mask=m_ok[:, None])
+                acc += tl.load(B + rn).to(tl.float32)[None, :]
+            tl.store(Y + out_at, acc.to(Y.dtype.element_ty), mask=m_ok[:, None])
 
     _KERNEL["k"] = skinny_kernel
     return skinny_kernel
