@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention.hooks import attention_state
-from .attention.rope import frame_groups, rope_frame, rotary_of
+from .attention.rope import DYNAMIC_TYPES, frame_groups, rope_frame, rotary_of
 from .attention.table import kernels_ok, write_slots
 from .fused import compiled_layers
 from .attention.merge import merge_partials, merge_two, pack, unpack
@@ -36,7 +36,6 @@ from .sampling import GREEDY_BELOW, argmax_rows
 from .table_step import TableStep
 
 EOS, STOP_WORD = 1, 2
-DYNAMIC_ROPE = ("dynamic", "longrope")
 PAGES_WARM = 256  # page capacities a block server captures its in-place query prefills for (contexts to ~128K)
 
 
@@ -258,7 +257,7 @@ def _own_static(cache: QueryCache, layer, q, k, v, scale):
 # -- fixed-shape step (static / graph) ---------------------------------------------------------------------
 def graph_capturable(model) -> bool:
     """Dynamic RoPE types choose their frequencies on the host from the positions: not capturable."""
-    return getattr(rotary_of(model), "rope_type", "default") not in DYNAMIC_ROPE
+    return getattr(rotary_of(model), "rope_type", "default") not in DYNAMIC_TYPES
 
 
 def use_batched_kv(shards: list[ContextShard], caches: list[QueryCache] | None, device: torch.device,

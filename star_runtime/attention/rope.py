@@ -18,7 +18,7 @@ import torch
 
 from ..fused import fused
 
-_DYNAMIC_TYPES = ("dynamic", "longrope")
+DYNAMIC_TYPES = ("dynamic", "longrope")  # RoPE types whose frequencies follow the length (decode.graph_capturable too)
 
 
 def rotary_of(model):
@@ -39,7 +39,7 @@ def frame_inv_freq(rotary, seq_len: int) -> torch.Tensor:
     (long factors past its original window). Stateless: transformers' dynamic module remembers its longest
     forward, this does not."""
     rope_type = getattr(rotary, "rope_type", "default")
-    if rope_type not in _DYNAMIC_TYPES:
+    if rope_type not in DYNAMIC_TYPES:
         return rotary.inv_freq.detach().float().clone()
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -110,7 +110,7 @@ def rope_frame(model, seq_len: int):
     position (dynamic and LongRoPE types choose per forward: a star block or a cached passage at early
     positions would otherwise get other frequencies than the full sequence). Other types: no change."""
     rotary = rotary_of(model)
-    if getattr(rotary, "rope_type", "default") not in _DYNAMIC_TYPES:
+    if getattr(rotary, "rope_type", "default") not in DYNAMIC_TYPES:
         yield
         return
     raw = getattr(type(rotary).forward, "__wrapped__", None)
@@ -156,7 +156,7 @@ class RopeReencoder:
         """(on the model's device, on the host) copies of inv_freq(seq_len); for RoPE types whose frequencies do
         not follow the length, made once (a request then reads nothing back from the device to compare or
         tabulate them). Callers do not write into them."""
-        if self.rope_type in _DYNAMIC_TYPES:
+        if self.rope_type in DYNAMIC_TYPES:
             f = self.inv_freq(seq_len)
             return f, f.cpu()
         src = self.rotary.inv_freq
