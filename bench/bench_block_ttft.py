@@ -96,6 +96,8 @@ def main():
                    help="with --profile: write each Chrome trace (gzip) to this prefix + _<length>.json.gz")
     p.add_argument("--host_profile", action="store_true",
                    help="cProfile the warm requests: where the host's time before and after the GPU work goes")
+    p.add_argument("--host_trace", action="store_true",
+                   help="stamp the functions of the warm request's path (bench/host_trace.py) and print a timeline")
     p.add_argument("--out", default=None)
     add_flags(p, exclude=("attn_type", "num_workers", "ignore_eos", "block_cache_gpu_gib", "block_cache_cpu_gib"),
               defaults={"model_path": "random:llama3-8b", "device": "cuda", "dtype": "bfloat16"},
@@ -141,6 +143,17 @@ def main():
             pstats.Stats(prof, stream=sys.stdout).sort_stats("cumulative").print_stats(40)
         assert all(w.cache["misses"] == 0 for w in warm)
         graph = final_graph_ms(worker, n, a.passage, a.final) if a.device == "cuda" else {"final_graph_ms": float("nan")}
+        if a.host_trace:  # more warm requests, each function of the path stamped on entry and exit
+            from host_trace import TTFT_TARGETS, HostTrace, format_timeline, median_timeline
+
+            traces = []
+            for _ in range(a.repeats):
+                req = block_request(passages, final, torch.randperm(n, generator=g).tolist(), mid)
+                with HostTrace(TTFT_TARGETS) as tr:
+                    run(worker, req)
+                traces.append(tr.timeline())
+            print(f"[{length}] host timeline of a warm request (median of {len(traces)}: start, duration, "
+                  f"function)\n" + format_timeline(median_timeline(traces)), flush=True)
         # the same warm requests with the context gathered before the first token (the path the in-place one
         # replaced), and two tokens: the second waits for the deferred gather
         orders = [torch.randperm(n, generator=g).tolist() for _ in range(a.repeats)]
