@@ -5,8 +5,10 @@ Cold: the passages are encoded (misses) and cached. Warm: the same passages in a
 is re-encoded to a new offset) hit the cache; the first token attends them where they lie (attention/pages.py);
 timed after two such requests that are not (the page bucket's first call runs uncaptured, its second captures).
 Beside it: the same requests with the context gathered into the arena first (the earlier path), and the time to
-the second token (which waits for the deferred gather). Dense: an ordinary prefill of the whole prompt. TTFT = phase 1
-+ the final block's forward to the first token. Writes JSON lines to --out and prints a table.
+the second token (which waits for the deferred gather). Dense: an ordinary prefill of the whole prompt. TTFT = the
+worker call's start to its first token on the host: phase 1, the host work after it, the final block's forward
+(until 2026-12-03 evening phase 1 + the final block alone, which left out the ~0.1 ms between them; ``host_between_ms``
+is that part now). Writes JSON lines to --out and prints a table.
 
   python bench/bench_block_ttft.py --lengths 4096 8192 16384 32768 --out block.jsonl [--profile 32768]
 """
@@ -164,12 +166,13 @@ def main():
         two = [run(worker, block_request(passages, final, o, mid, max_new=2)) for o in orders]
         dense = [run(worker, Request(0, [t for pp in passages for t in pp], final, 1, mode="dense"))
                  for _ in range(3)]
-        ttft = lambda r: r.phase1_s + r.first_token_s  # noqa: E731
+        ttft = lambda r: r.ttft_s  # noqa: E731 -- the call's start to the token: phase 1, the host work between, the final block
         row = {
             "context": n * a.passage + a.final, "passages": n, "passage_tokens": a.passage, "final_tokens": a.final,
             "warm_ttft_ms": 1000 * statistics.median(ttft(w) for w in warm),
             "warm_phase1_ms": 1000 * statistics.median(w.phase1_s for w in warm),
             "warm_final_block_ms": 1000 * statistics.median(w.first_token_s for w in warm),
+            "host_between_ms": 1000 * statistics.median(w.ttft_s - w.phase1_s - w.first_token_s for w in warm),
             **graph,  # the final block's CUDA graphs alone: their GPU time, and from an idle GPU
             "gather_path_ttft_ms": 1000 * statistics.median(ttft(w) for w in gathered),
             "second_token_ms": 1000 * statistics.median(ttft(w) + w.decode_s for w in two),

@@ -573,6 +573,7 @@ class PrefillStep:
 class Generation:
     tokens: list[int] = field(default_factory=list)
     first_token_s: float = 0.0  # this sample's query prefill until its first token is known
+    ttft_s: float = 0.0  # generate's ``started`` (default: its own start) until this sample's first token is known
     decode_s: float = 0.0  # wall time of the decode steps this sample took part in (and of a deferred gather)
     stopped_by: str = "length"  # eos | stop_word | length
     steps: int = 0  # forwards: 1 query prefill + (steps - 1) decode steps
@@ -607,11 +608,12 @@ def resolve_decode_mode(mode: str, model, device: torch.device, num_devices: int
 def generate(model, group, shards: list[ContextShard], queries: list[torch.Tensor], starts: list[int],
              max_new: list[int], samplers, stop_checkers, eos: set[int], keep_logits: bool = False,
              decode: str = "eager", prefill_logits: bool = False, batched_kv: bool | None = None,
-             layers: str = "eager", arenas: "Arenas | None" = None, query_ids: list[list[int]] | None = None
-             ) -> list[Generation]:
+             layers: str = "eager", arenas: "Arenas | None" = None, query_ids: list[list[int]] | None = None,
+             started: float | None = None, device: torch.device | None = None) -> list[Generation]:
     """Query prefill then decode for a batch of samples.
 
-    queries[b]: (Tq_b,) long on the model device; starts[b]: sample b's context length (its first query
+    queries[b]: (Tq_b,) long, on the model device or (with ``device`` given) on the host: moved where a path
+    reads them on the device (the in-place first token reads the host's ids); starts[b]: sample b's context length (its first query
     position); max_new[b]: its token cap; samplers/stop_checkers: per sample, used on the host only.
     decode: eager (shapes shrink as samples finish), static (fixed shapes) or graph (static, replayed from
     a CUDA graph). prefill_logits: the host also keeps the logits of every query position (Tq, V) (to
@@ -620,9 +622,11 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
     steps (compiled decoder layers fuse their elementwise work; fused.compiled_layers). Returns per sample the
     generated ids (without EOS), identical on every worker. arenas: the worker's Arenas; one sample on one
     worker with fixed-shape steps then prefills and decodes over an Arena, from graphs kept across requests.
-    query_ids: the queries' ids on the host as well (else read back from the device where needed).
+    query_ids: the queries' ids on the host as well (else read back from the device where needed). started: the
+    perf_counter time each sample's ``ttft_s`` counts from (the caller's start: phase 1 included).
     """
-    dev = queries[0].device
+    started = time.perf_counter() if started is None else started
+    dev = queries[0].device if device is None else torch.device(device)
     n = len(queries)
     host = group.is_host
     # static decode keeps finished samples in the batch, so every cache must hold the longest run
@@ -689,6 +693,8 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
     for b in range(n):  # query prefill, one sample at a time
         t0 = time.perf_counter()
         q = queries[b]
+        if not paged:
+            q = q.to(dev)
         if paged:
             ids = query_ids[b] if query_ids is not None else q.tolist()
             decide([b], arenas.prefill_in_place(model, arena, shards[b], ids, starts[b], decode == "graph", layers))
@@ -702,8 +708,10 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
             p = torch.arange(starts[b], starts[b] + q.numel(), device=dev).unsqueeze(0)
             with rope_frame(model, starts[b] + q.numel()):  # the prompt's frequencies, as phase 1 had them
                 decide([b], forward([b], q.unsqueeze(0), p, keep_all=prefill_logits))
-        sync_device(dev)
-        gens[b].first_token_s = time.perf_counter() - t0
+        # decide read the token back (every worker: the host its choice, the others the broadcast), so the
+        # device's work up to it is done: no second sync on the way to the first token
+        done = time.perf_counter()
+        gens[b].first_token_s, gens[b].ttft_s = done - t0, done - started
         if paged and running[b]:  # the context into the arena for the decode steps, after the first token
             t0 = time.perf_counter()
             shards[b].settle()
@@ -745,8 +753,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
                     decide(sub, forward(sub, ids, p))
             for b in batch:
                 pos[b] += 1
-        sync_device(dev)
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0  # the step's tokens were read back (decide): its device work is done
         for b in batch:
             gens[b].decode_s += dt
     return gens

@@ -137,7 +137,7 @@ class Engine:
             "num_workers": self.cfg.world_size,
             "block_size": None,
             "phase1_s": round(reply.phase1_s, 6),
-            "ttft_s": round(reply.phase1_s + reply.first_token_s, 6),
+            "ttft_s": round(reply.ttft_s, 6),
             "decode_tokens_per_s": round(decode_steps / reply.decode_s, 3) if reply.decode_s > 0 else None,
             "decode_ms_per_token": round(1000 * reply.decode_s / decode_steps, 3) if decode_steps else None,
             "shard_tokens": reply.shard_tokens,

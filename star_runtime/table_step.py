@@ -61,15 +61,19 @@ class TableStep:
                              spare_tokens=max(128, 2 * tb))
         self.use_graph = use_graph and self.table.kernel  # the torch twin reads the buffers it saw: no graph
         n = rows * tb
-        # tokens (A, Tb), positions (A, Tb), each row's first slot (A,) and the kept token: one copy per call
-        self.dev = torch.zeros(2 * n + rows + 1, dtype=torch.long, device=dev)
-        self.upload = Staging(self.dev)  # a pinned twin: no stream sync per call
+        self.head = 2 * n + rows + 1
+        # tokens (A, Tb), positions (A, Tb), each row's first slot (A,) and the kept token, then a pages step's
+        # page table: one buffer, one copy per call
+        buf = torch.zeros(self.head + ((pages + 1) * 7 if pages else 0), dtype=torch.long, device=dev)
+        self.upload = Staging(buf)  # a pinned twin: no stream sync per call
+        self.dev = buf[:self.head]
         self.ids, self.pos = self.dev[:n].view(rows, tb), self.dev[n:2 * n].view(rows, tb)
         self.keep = self.dev[2 * n + rows:]
         self.state = TableAttention(self.table, self.dev[2 * n:2 * n + rows])
         self.pages = None
         if pages:
-            self.pages = PageTable(pages, cfg.num_key_value_heads, hd // 2, dev, self.table.kernel)
+            meta = (buf[self.head:].view(pages + 1, 7), self.upload.host[self.head:].view(pages + 1, 7))
+            self.pages = PageTable(pages, cfg.num_key_value_heads, hd // 2, dev, self.table.kernel, meta=meta)
             self.state = TablePagesAttention(self.table, self.dev[2 * n:2 * n + rows], self.pages)
         self.graph = None
         self.calls = 0
@@ -85,10 +89,11 @@ class TableStep:
         if not self.use_graph or self.graph is not None:
             return
         self.table.set([None] * self.rows)
-        self.dev.zero_()
+        self.upload.buffer().numpy()[:] = 0  # tokens and positions 0: the spare rows' first slots
         if self.pages is not None:  # no blocks, the spare rows as the query's own
             sp = self.table.spare
             self.pages.fill([], [], torch.zeros(self.pages.half), sp, 0, self.tb, origin=sp)
+        self.upload.push()
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -122,17 +127,17 @@ class TableStep:
             self.capture()
         self.table.set(list(buffers) + [None] * (self.rows - len(buffers)))
         n, tb = self.rows * self.tb, self.tb
-        h = self.upload.buffer().numpy()
-        h[:] = 0
+        h = self.upload.buffer().numpy()  # (the last upload out of it has finished: the page table's part too)
+        h[:self.head] = 0
         for a, (ids, s) in enumerate(zip(tokens, starts)):
             h[a * tb: a * tb + len(ids)] = ids
             h[n + a * tb: n + (a + 1) * tb] = np.arange(s, s + tb)
             h[2 * n + a] = s
-        h[-1] = keep
-        self.upload.push()
-        if self.pages is not None:
+        h[self.head - 1] = keep
+        if self.pages is not None:  # its rows into the same host buffer (its pages' angles, when new, apart)
             entries, offsets, inv_freq = blocks
             self.pages.fill(entries, offsets, inv_freq, buffers[0], starts[0], self.tb, origin=self.table.spare)
+        self.upload.push()
         try:
             if self.graph is None:
                 return self._forward()

@@ -65,12 +65,23 @@ def capacity_bucket(pages: int) -> int:
 class PageTable:
     """One request's pages in fixed buffers. ``fill`` names them; ``attend`` runs the query over them."""
 
-    def __init__(self, capacity: int, hkv: int, half: int, device, kernel: bool, chunk: int = CHUNK):
+    def __init__(self, capacity: int, hkv: int, half: int, device, kernel: bool, chunk: int = CHUNK,
+                 meta: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """meta: a (capacity + 1, 7) int64 device tensor and its pinned host twin owned by the caller, who waits
+        for its last upload before ``fill`` and uploads it after (one copy with the caller's own inputs); by
+        default the table's own, uploaded by ``fill``."""
         self.capacity, self.hkv, self.half, self.kernel, self.chunk = capacity, hkv, half, kernel, chunk
         self.device = torch.device(device)
-        self.meta = torch.zeros((capacity + 1, 7), dtype=torch.int64, device=self.device)  # + the count row
         self.rot = torch.zeros((2, capacity, half), dtype=torch.float32, device=self.device)
-        self.uploads = (Staging(self.meta), Staging(self.rot))  # pinned twins: no stream sync per fill
+        if meta is None:
+            self.meta = torch.zeros((capacity + 1, 7), dtype=torch.int64, device=self.device)  # + the count row
+            self.meta_upload, self._meta_host = Staging(self.meta), None  # a pinned twin: no stream sync per fill
+        else:
+            self.meta, self._meta_host = meta
+            self.meta_upload = None
+            if self.meta.shape != (capacity + 1, 7) or self._meta_host.shape != (capacity + 1, 7):
+                raise ValueError(f"the page table's rows must be ({capacity + 1}, 7)")
+        self.rot_upload = Staging(self.rot)
         self.parts: list = []  # the torch form's view of the same pages
         self._rot_key, self._rot_cache = None, {}
         self._page_rows: dict = {}  # an entry's (address, length, ...) -> its pages' table rows
@@ -120,25 +131,26 @@ class PageTable:
             rows.append(r)
             counts.append(len(r))
         p = sum(counts)
-        meta = self.uploads[0].buffer().numpy()
+        meta = (self.meta_upload.buffer() if self.meta_upload is not None else self._meta_host).numpy()
         meta[:] = 0
         if p:
             meta[:p, :6] = np.concatenate(rows)
         meta[p] = (own_at // elt + start * hkv * d, 2 * cap * hkv * d, cap * hkv * d, d, hkv * d, own_len, 1)
         meta[self.capacity, 0] = p + 1
-        self.uploads[0].push()
+        if self.meta_upload is not None:  # else the owner uploads it with its own inputs
+            self.meta_upload.push()
         # the pages' angles follow from the offsets alone (blocks come in prompt order, so a prompt of the same
         # block lengths has the same offsets whatever its passages): uploaded only when they change
         held = (freq.tobytes(), tuple(offsets), tuple(counts))
         if held != self._rot_held:
-            rot = self.uploads[1].buffer().numpy()
+            rot = self.rot_upload.buffer().numpy()
             rot[0], rot[1] = 1.0, 0.0  # the own page and unused ones: angle 0
             if p:
                 per_block = self._rotations(offsets, freq)  # (blocks, 2, R/2)
                 if p != len(entries):  # blocks of several pages: each page takes its block's angles
                     per_block = np.repeat(per_block, counts, axis=0)
                 rot[:, :p] = per_block.transpose(1, 0, 2)
-            self.uploads[1].push()
+            self.rot_upload.push()
             self._rot_held = held
 
     def _entry_pages(self, key: tuple) -> np.ndarray:

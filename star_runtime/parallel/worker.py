@@ -58,9 +58,10 @@ class Reply:
     tokens: list[int]
     stopped_by: str
     phase1_s: float
-    first_token_s: float
+    first_token_s: float  # this sample's query prefill to its first token
     decode_s: float
     steps: int
+    ttft_s: float = 0.0  # from the call's start (run_batch) to this sample's first token: everything it waited
     shard_tokens: list[int] = field(default_factory=list)  # context tokens held by each worker
     logits: list = field(default_factory=list)  # per step (V,) fp32, when asked
     cache: dict | None = None  # block mode: this sample's block-cache counts, summed over workers
@@ -171,10 +172,11 @@ class Worker:
 
     def run_batch(self, reqs: list[Request], options: Options | None = None) -> list[Reply]:
         """Phase 1 for each sample, then phase 2 for all of them together; every worker returns the same."""
+        started = time.perf_counter()
         with progress.busy():
-            return self._run_batch(reqs, options or Options())
+            return self._run_batch(reqs, options or Options(), started)
 
-    def _run_batch(self, reqs: list[Request], opts: Options) -> list[Reply]:
+    def _run_batch(self, reqs: list[Request], opts: Options, started: float) -> list[Reply]:
         g = self.group
         cfg = opts.layout(self.cfg)
         decode = resolve_decode_mode(opts.decode or cfg.decode, self.model, self.device, len(self.devices))
@@ -203,12 +205,14 @@ class Worker:
         samplers = [self._sampler(r, cfg) for r in reqs]
         stops = [self._stop_checker(r, cfg) for r in reqs]
         eos = self.eos | ({e for r in reqs for e in r.extra_eos} if not cfg.ignore_eos else set())
-        queries = [torch.tensor(r.query_ids, dtype=torch.long, device=self.device) for r in reqs]
+        # on the host: generate moves them where a path reads them on the device (not the in-place first token)
+        queries = [torch.tensor(r.query_ids, dtype=torch.long) for r in reqs]
         gens = generate(self.model, g, shards, queries, [len(r.context_ids) for r in reqs],
                         [r.max_new_tokens for r in reqs], samplers, stops, eos,
                         keep_logits=any(r.keep_logits for r in reqs), decode=decode,
                         prefill_logits=any(r.prefill_logits for r in reqs), batched_kv=opts.batched_kv,
-                        layers=cfg.prefill_layers, arenas=self.arenas, query_ids=[r.query_ids for r in reqs])
+                        layers=cfg.prefill_layers, arenas=self.arenas, query_ids=[r.query_ids for r in reqs],
+                        started=started, device=self.device)
         held = g.all_gather(torch.tensor([len(s) for s in shards], device=self.device)).T.tolist()
         caches = [None] * len(reqs)
         names = next((list(c) for c in counts if c is not None), None)
@@ -217,7 +221,8 @@ class Worker:
             summed = g.all_gather(torch.tensor(local, device=self.device)).sum(0).tolist()
             caches = [dict(zip(names, s)) if c is not None else None for s, c in zip(summed, counts)]
         return [Reply(index=r.index, tokens=gen.tokens, stopped_by=gen.stopped_by, phase1_s=p1,
-                      first_token_s=gen.first_token_s, decode_s=gen.decode_s, steps=gen.steps, shard_tokens=h,
+                      first_token_s=gen.first_token_s, decode_s=gen.decode_s, steps=gen.steps, ttft_s=gen.ttft_s,
+                      shard_tokens=h,
                       logits=gen.logits, cache=c, prefill_logits=gen.prefill_logits)
                 for r, gen, p1, h, c in zip(reqs, gens, phase1, held, caches)]
 
