@@ -119,7 +119,7 @@ def test_ray_worker_stuck_inside_a_step_ends_the_run(ray_session):
 
     with make_engine(attn_type="ring", num_workers=2, stall_timeout_s=4) as eng:
         def hang(self):
-            self.worker._run_batch = lambda reqs, opts: time.sleep(120)  # beats go on, progress stops
+            self.worker._run_batch = lambda *args: time.sleep(120)  # beats go on, progress stops
 
         ray.get(eng.launcher.actors[0].__ray_call__.remote(hang))
         t0 = time.time()
