@@ -166,7 +166,8 @@ def main():
         two = [run(worker, block_request(passages, final, o, mid, max_new=2)) for o in orders]
         dense = [run(worker, Request(0, [t for pp in passages for t in pp], final, 1, mode="dense"))
                  for _ in range(3)]
-        ttft = lambda r: r.ttft_s  # noqa: E731 -- the call's start to the token: phase 1, the host work between, the final block
+        # the call's start to the token: phase 1, the host work between, the final block
+        ttft = lambda r: r.ttft_s  # noqa: E731
         row = {
             "context": n * a.passage + a.final, "passages": n, "passage_tokens": a.passage, "final_tokens": a.final,
             "warm_ttft_ms": 1000 * statistics.median(ttft(w) for w in warm),

@@ -613,8 +613,9 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
     """Query prefill then decode for a batch of samples.
 
     queries[b]: (Tq_b,) long, on the model device or (with ``device`` given) on the host: moved where a path
-    reads them on the device (the in-place first token reads the host's ids); starts[b]: sample b's context length (its first query
-    position); max_new[b]: its token cap; samplers/stop_checkers: per sample, used on the host only.
+    reads them on the device (the in-place first token reads the host's ids); starts[b]: sample b's context
+    length (its first query position); max_new[b]: its token cap; samplers/stop_checkers: per sample, used on
+    the host only.
     decode: eager (shapes shrink as samples finish), static (fixed shapes) or graph (static, replayed from
     a CUDA graph). prefill_logits: the host also keeps the logits of every query position (Tq, V) (to
     compare with a teacher-forced forward). batched_kv: static decode over one padded KV copy (True), per
