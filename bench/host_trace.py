@@ -3,7 +3,7 @@ costs about a microsecond), for timelines of the host work before and after the 
 
     with HostTrace(TTFT_TARGETS) as tr:
         worker.run_batch([req])
-    print(tr.table())  # offsets from the first stamp, durations, per function
+    print(format_timeline(tr.timeline()))  # per call: its offset from the first stamp, its duration, its label
 """
 
 from __future__ import annotations

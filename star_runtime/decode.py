@@ -693,9 +693,7 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
             sh.settle()
     for b in range(n):  # query prefill, one sample at a time
         t0 = time.perf_counter()
-        q = queries[b]
-        if not paged:
-            q = q.to(dev)
+        q = queries[b] if paged else queries[b].to(dev)  # (the in-place step reads the host's ids)
         if paged:
             ids = query_ids[b] if query_ids is not None else q.tolist()
             decide([b], arenas.prefill_in_place(model, arena, shards[b], ids, starts[b], decode == "graph", layers))
