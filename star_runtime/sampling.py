@@ -46,7 +46,14 @@ class Sampler:
     def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
         self.temperature = temperature
         self.top_p = top_p
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self._generator = None  # made at the first sampled token (a greedy request, most of them, never needs it)
+
+    @property
+    def generator(self) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed)
+        return self._generator
 
     def __call__(self, logits: torch.Tensor) -> int:
         if self.temperature < GREEDY_BELOW:  # 0, or so small that the scaled logits overflow: greedy

@@ -29,6 +29,15 @@ class Staging:
 
     def push(self) -> None:
         """Queue the upload host -> dst on the current stream (in order with the work that reads dst)."""
+        self.copy()
+        self.mark()
+
+    def copy(self) -> None:
+        """The upload alone, also inside a CUDA graph's capture: the graph then copies whatever the buffer holds
+        when it is replayed (``mark`` after each replay)."""
         self.dst.copy_(self.host, non_blocking=self.done is not None)
+
+    def mark(self) -> None:
+        """The buffer may be written again once the work queued on the current stream so far has run."""
         if self.done is not None:
             self.done.record()

@@ -33,18 +33,22 @@ class TableAttention:
 
 
 class TablePagesAttention(TableAttention):
-    """A newcomer's query (A = 1) whose context is still the cached blocks where they lie: its KV is written
-    through the table as TableAttention writes it, and it attends the blocks in place and itself causally
-    through a PageTable (attention/pages.py) whose offsets count from the table's spare buffer, so one graph
-    serves every arena."""
+    """A newcomer's query (A = 1) whose context is still the cached blocks where they lie: it attends the blocks
+    in place and itself causally through a PageTable (attention/pages.py) whose offsets count from the table's
+    spare buffer, so one graph serves every arena. Its KV goes into its row by the page kernel, which reads it
+    from the projections' outputs and writes it on the way (else through the table as TableAttention writes
+    it)."""
 
     def __init__(self, table: KVTable, base: torch.Tensor, pages):
         super().__init__(table, base)
         self.pages = pages
 
     def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
-        self.table.write(layer, k, v, self.base)
-        out, _ = self.pages.attend(layer, q, scale)
+        if self.pages.fuses(k, v):  # the page kernel writes them as it reads them: one launch, not two
+            out, _ = self.pages.attend(layer, q, scale, new=(k, v))
+        else:
+            self.table.write(layer, k, v, self.base)
+            out, _ = self.pages.attend(layer, q, scale)
         return out.to(q.dtype)
 
 
@@ -103,6 +107,7 @@ class TableStep:
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.upload.copy()  # the step's inputs: uploaded by the replay itself, no copy call before it
                 self.logits = self._forward()
         except Exception as e:  # noqa: BLE001 -- the twin computes the same, uncaptured
             import sys
@@ -137,11 +142,12 @@ class TableStep:
         if self.pages is not None:  # its rows into the same host buffer (its pages' angles, when new, apart)
             entries, offsets, inv_freq = blocks
             self.pages.fill(entries, offsets, inv_freq, buffers[0], starts[0], self.tb, origin=self.table.spare)
-        self.upload.push()
         try:
             if self.graph is None:
+                self.upload.push()
                 return self._forward()
-            self.graph.replay()
+            self.graph.replay()  # (its first node uploads the buffer)
+            self.upload.mark()
             return self.logits
         finally:
             self.table.release()  # the arenas stay the pool's to keep or free
