@@ -28,7 +28,6 @@ TTFT_TARGETS = [
     ("star_runtime.modes.block", "_same_freq", "same freq"),
     ("star_runtime.parallel.worker", "Worker._sampler", "sampler"),
     ("star_runtime.parallel.worker", "sync_device", "sync (worker)"),
-    ("star_runtime.parallel.worker", "finish_device", "phase 1 done (worker)"),
     ("star_runtime.parallel.worker", "generate", "generate"),
     ("star_runtime.decode", "Arenas.for_request", "arena for_request"),
     ("star_runtime.decode", "Arenas.prefill_in_place", "prefill_in_place"),

@@ -586,13 +586,6 @@ def sync_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def finish_device(device: torch.device) -> None:
-    """Wait until the device has run the work queued on its current stream; where there is none (phase 1 of a
-    prompt of cached passages queues nothing), asking costs a few microseconds and a sync ~35."""
-    if device.type == "cuda" and not torch.cuda.current_stream(device).query():
-        torch.cuda.synchronize(device)
-
-
 
 
 def resolve_decode_mode(mode: str, model, device: torch.device, num_devices: int = 1) -> str:

@@ -33,22 +33,18 @@ class TableAttention:
 
 
 class TablePagesAttention(TableAttention):
-    """A newcomer's query (A = 1) whose context is still the cached blocks where they lie: it attends the blocks
-    in place and itself causally through a PageTable (attention/pages.py) whose offsets count from the table's
-    spare buffer, so one graph serves every arena. Its KV goes into its row by the page kernel, which reads it
-    from the projections' outputs and writes it on the way (else through the table as TableAttention writes
-    it)."""
+    """A newcomer's query (A = 1) whose context is still the cached blocks where they lie: its KV is written
+    through the table as TableAttention writes it, and it attends the blocks in place and itself causally
+    through a PageTable (attention/pages.py) whose offsets count from the table's spare buffer, so one graph
+    serves every arena."""
 
     def __init__(self, table: KVTable, base: torch.Tensor, pages):
         super().__init__(table, base)
         self.pages = pages
 
     def attend(self, layer: int, q, k, v, scale: float) -> torch.Tensor:
-        if self.pages.fuses(k, v):  # the page kernel writes them as it reads them: one launch, not two
-            out, _ = self.pages.attend(layer, q, scale, new=(k, v))
-        else:
-            self.table.write(layer, k, v, self.base)
-            out, _ = self.pages.attend(layer, q, scale)
+        self.table.write(layer, k, v, self.base)
+        out, _ = self.pages.attend(layer, q, scale)
         return out.to(q.dtype)
 
 

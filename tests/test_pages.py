@@ -82,50 +82,6 @@ def test_paged_kernel_against_keys_at_their_target_positions_in_the_interpreter(
     run_interpreted(HEADER + SETUP + "\ncheck(kernel=True)\n", 3)
 
 
-NEW = r"""
-# the query's own keys and values handed to the kernel (not yet in its rows): it attends them from there and
-# writes them into the rows; the values a strided view (as a fused projection's output is)
-import star_runtime.attention.pages as pages
-for i, (lens, hq, hkv, d, t, tb) in enumerate(CASES):
-    entries, offs, inv, own, L, q, refs = case(lens, hq, hkv, d, t, tb, seed=i)
-    want = own.clone()
-    wide = torch.zeros(own.shape[0], 1, tb, hkv + 2, d)
-    wide[:, 0, :, 1:1 + hkv] = own[:, 1, L:L + tb]
-    own[:, :, L:L + tb] = 0  # what the kernel must write
-    table = PageTable(pages_needed(lens), hkv, d // 2, "cpu", kernel=True)
-    table.fill(entries, offs, inv, own, L, tb)
-    for layer, (ref, ref_lse) in enumerate(refs):
-        k = want[layer, 0, L:L + tb].transpose(0, 1).unsqueeze(0).contiguous()
-        v = wide[layer, :, :, 1:1 + hkv].transpose(1, 2)
-        assert table.fuses(k, v) and (tb == 1 or not v.is_contiguous())
-        out, lse = table.attend(layer, q, d ** -0.5, new=(k, v))
-        assert pages._OK["ok"], "the page kernel failed and the torch form answered"
-        err = (out[0, :, :t].double() - ref[:, :t]).abs().max().item()
-        lerr = (lse[0, :, :t].double() - ref_lse[:, :t]).abs().max().item()
-        assert err < 2e-5 and lerr < 2e-5, (lens, layer, err, lerr)
-        assert torch.equal(own[layer], want[layer]), "the new keys and values were not written into the rows"
-    print("ok", lens, f"{err:.1e}")
-"""
-
-
-def test_paged_kernel_reads_and_writes_the_querys_new_kv_in_the_interpreter():
-    run_interpreted(HEADER + SETUP + NEW, 3)
-
-
-def test_torch_form_writes_the_querys_new_kv_before_reading_it():
-    scope: dict = {}
-    exec(SETUP, scope)  # noqa: S102
-    entries, offs, inv, own, L, q, refs = scope["case"]([300, 40], 4, 2, 32, 5, 16, seed=0)
-    want = own.clone()
-    own[:, :, L:L + 16] = 0
-    table = PageTable(pages_needed([300, 40]), 2, 16, "cpu", kernel=False)
-    table.fill(entries, offs, inv, own, L, 16)
-    k, v = (want[0, i, L:L + 16].transpose(0, 1).unsqueeze(0) for i in (0, 1))
-    out, _ = table.attend(0, q, 32 ** -0.5, new=(k, v))
-    assert torch.equal(own[0], want[0])
-    assert (out[0, :, :5].double() - refs[0][0][:, :5]).abs().max().item() < 2e-5
-
-
 REFILL = r"""
 # one table refilled request after request (the table remembers each entry's pages and uploads the pages' angles
 # only when the offsets change): blocks in another order, other lengths, then the first request again

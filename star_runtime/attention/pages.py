@@ -10,8 +10,6 @@ arithmetic; in floating point the rotation rounds once on the query instead of o
 Pages: each block is cut into pages of at most CHUNK keys, and the query's own KV (in its arena, causal) is one
 more page. A split of the kernel walks every S-th page, rotating the query by the page's angle, and folds its
 keys into a running softmax; the S splits are merged by their log-sum-exp in fp32 (split_kv.merge_splits).
-Given the query's new keys and values (``attend(new=...)``), the kernel reads the own page from them and its
-first row tile writes them into the page's place in the rows (no write launch before it).
 
 Table (P + 1, 7) int64 on the device, page p < P, all in elements: the offset of its layer-0 head-0 key from
 the own rows' first element (the kernel's base pointer; a multiple of 8, as CUDA allocations are aligned), the
@@ -184,21 +182,11 @@ class PageTable:
                 cache[o] = r
         return np.stack([cache[int(o)] for o in offsets])
 
-    def fuses(self, k: torch.Tensor, v: torch.Tensor) -> bool:
-        """Whether ``attend`` can take the query's new keys and values k, v (1, H_kv, Tb, D) and write them into
-        its rows itself (the kernel, as it reads them: no launch of its own); else the caller writes them first."""
-        own = self.parts[-1][0] if self.parts else None
-        return (self.kernel and _OK["ok"] and own is not None and k.dtype == v.dtype == own.dtype
-                and fusable(k) and fusable(v))
-
-    def attend(self, layer: int, q: torch.Tensor, scale: float, new: tuple | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q (1, Hq, Tb, D) -> out (1, Hq, Tb, D) in q's dtype, lse (1, Hq, Tb) fp32. new (where ``fuses``): the
-        query's own keys and values (1, H_kv, Tb, D), not yet in its rows -- attended from there and written
-        into the rows at [start, start + own_len) of this layer."""
+    def attend(self, layer: int, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (1, Hq, Tb, D) -> out (1, Hq, Tb, D) in q's dtype, lse (1, Hq, Tb) fp32."""
         if self.kernel and _OK["ok"]:
             try:
-                return _kernel_attend(self, layer, q, scale, new)
+                return _kernel_attend(self, layer, q, scale)
             except Exception as e:  # noqa: BLE001 -- a Triton build or launch problem: the torch form computes the same
                 _OK["ok"] = False
                 import sys
@@ -206,10 +194,6 @@ class PageTable:
                 print(f"[star-runtime] in-place block attention kernel unavailable ({type(e).__name__}: "
                       f"{str(e).splitlines()[0][:80]}); using its torch form, and gathering cached blocks first "
                       "from now on", file=sys.stderr)
-        if new is not None:  # (the torch form reads the rows)
-            own, start, n = self.parts[-1]
-            own[layer, 0, start:start + n] = new[0][0, :, :n].transpose(0, 1)
-            own[layer, 1, start:start + n] = new[1][0, :, :n].transpose(0, 1)
         return _torch_attend(self, layer, q, scale)
 
 
@@ -259,11 +243,10 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def paged_kernel(Q, KV, META, ROT, O, L, KN, VN, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h,
-                     skn_h, skn_t, svn_h, svn_t, TB, scale_log2,
+    def paged_kernel(Q, KV, META, ROT, O, L, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h, TB, scale_log2,
                      HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, S: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAST: tl.constexpr,
-                     STAGES: tl.constexpr, NEW: tl.constexpr):
+                     STAGES: tl.constexpr):
         mt = tl.program_id(0)
         s = tl.program_id(1)
         h = tl.program_id(2)
@@ -291,18 +274,6 @@ def _kernel():
             vo = tl.multiple_of(tl.load(mp + 2), 8)
             ts = tl.multiple_of(tl.load(mp + 4), 8)
             causal = tl.load(mp + 6)
-            # where the walk reads keys (kr + j tk) and values (vr + j tv): the page itself, or for the query's
-            # own page with NEW its new keys and values KN / VN, which the page's first row tile also writes
-            # into the page (its place in the rows; nothing in this launch reads it there)
-            kr, tk, vr, tv = kb, ts, kb + vo, ts
-            own = p < 0
-            if NEW:
-                own = p == count - 1
-                if own:
-                    kr = KN + h * skn_h
-                    vr = VN + h * svn_h
-                    tk = tl.multiple_of(skn_t.to(tl.int64), 8)
-                    tv = tl.multiple_of(svn_t.to(tl.int64), 8)
             # the query rotated by minus the page's angles, the softmax scale (log2 units) folded in:
             # (q1 c + q2 s, q2 c - q1 s), rounded once to the keys' dtype
             c = tl.load(ROT + p * HALF + e)[None, :] * scale_log2
@@ -331,11 +302,9 @@ def _kernel():
             for start in range(lo, n, BLOCK_N):
                 j = (start + jl).to(tl.int64)
                 kmask = j < n
-                kp = kr + j[:, None] * tk
-                k1 = tl.load(kp + e[None, :], mask=kmask[:, None], other=0.0)
-                k2 = tl.load(kp + HALF + e[None, :], mask=kmask[:, None], other=0.0)
-                qk = tl.dot(r1, tl.trans(k1))
-                qk = tl.dot(r2, tl.trans(k2), qk)
+                kp = kb + j[:, None] * ts
+                qk = tl.dot(r1, tl.trans(tl.load(kp + e[None, :], mask=kmask[:, None], other=0.0)))
+                qk = tl.dot(r2, tl.trans(tl.load(kp + HALF + e[None, :], mask=kmask[:, None], other=0.0)), qk)
                 valid = kmask[None, :] & ((causal == 0) | (j[None, :] <= t[:, None]))
                 qk = tl.where(valid, qk, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -343,14 +312,7 @@ def _kernel():
                 alpha = tl.exp2(m_i - m_safe)
                 pr = tl.exp2(qk - m_safe[:, None])
                 l_i = l_i * alpha + tl.sum(pr, 1)
-                v = tl.load(vr + j[:, None] * tv + d[None, :], mask=kmask[:, None], other=0.0)
-                if NEW:  # (the keys to write as a bound, not a scalar mask: Triton's interpreter promotes a
-                    # boolean scalar broadcast into a mask to int32)
-                    jw = j < tl.where(own & (mt == 0), n, 0)
-                    wp = kb + j[:, None] * ts
-                    tl.store(wp + e[None, :], k1, mask=jw[:, None] & (e[None, :] < HALF))
-                    tl.store(wp + HALF + e[None, :], k2, mask=jw[:, None] & (e[None, :] < HALF))
-                    tl.store(wp + vo + d[None, :], v, mask=jw[:, None] & (d[None, :] < D))
+                v = tl.load(kp + vo + d[None, :], mask=kmask[:, None], other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
                 m_i = m_new
         seen = l_i > 0
@@ -373,14 +335,7 @@ def page_splits(programs: int, sms: int) -> int:
     return s
 
 
-def fusable(t: torch.Tensor) -> bool:
-    """Whether the kernel can read new keys or values (1, H_kv, T, D) in place: unit stride on D, the other
-    strides multiples of 8 elements, the first element on a 16-byte boundary (its vectorized loads)."""
-    return (t.dim() == 4 and t.stride(-1) == 1 and t.stride(1) % 8 == 0 and t.stride(2) % 8 == 0
-            and t.data_ptr() % 16 == 0)
-
-
-def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float, new=None):
+def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
     _, hq, tb, d = q.shape
     half = table.half
     if 2 * half != d:
@@ -402,12 +357,10 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float, 
         _SCRATCH[key] = (torch.empty((splits, hq, tb, d), dtype=torch.float32, device=dev),
                          torch.empty((splits, hq, tb), dtype=torch.float32, device=dev))
     o_part, l_part = _SCRATCH[key]
-    kn, vn = new if new is not None else (q, q)
     _kernel()[(n_mt, splits, hkv)](
-        q, table.kv, table.meta, table.rot, o_part, l_part, kn, vn, layer, table.capacity, q.stride(1),
-        q.stride(2), o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1),
-        kn.stride(1), kn.stride(2), vn.stride(1), vn.stride(2), tb, scale * 1.4426950408889634, HKV=hkv, G=g,
-        D=d, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n, FAST=fast, STAGES=stages, NEW=new is not None,
-        num_warps=warps, num_stages=stages)
+        q, table.kv, table.meta, table.rot, o_part, l_part, layer, table.capacity, q.stride(1), q.stride(2),
+        o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1), tb,
+        scale * 1.4426950408889634, HKV=hkv, G=g, D=d, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
+        FAST=fast, STAGES=stages, num_warps=warps, num_stages=stages)
     out, lse = merge_splits(o_part, l_part, q.dtype, token_major=True)  # (Hq, Tb, D) over (Tb, Hq, D) memory
     return out.unsqueeze(0), lse.unsqueeze(0)

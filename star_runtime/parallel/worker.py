@@ -18,7 +18,7 @@ from ..attention.pages import usable as pages_usable
 from ..attention.rope import frame_crossing, rope_frame
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..decode import (Arenas, PrefillStep, Sequences, arena_path, finish_device, generate, query_bucket,
+from ..decode import (Arenas, PrefillStep, Sequences, arena_path, generate, query_bucket,
                       resolve_decode_mode, sync_device)
 from ..models import skinny
 from ..models.fuse import fuse_projections
@@ -197,7 +197,7 @@ class Worker:
             t0 = time.perf_counter()
             with rope_frame(self.model, len(req.context_ids) + len(req.query_ids)):  # the prompt's RoPE everywhere
                 shards.append(mode.encode(self, req, cfg))
-            self._phase_done()
+            sync_device(self.device)
             g.barrier()
             phase1.append(time.perf_counter() - t0)
             after = mode.counters(self)
@@ -225,14 +225,6 @@ class Worker:
                       shard_tokens=h,
                       logits=gen.logits, cache=c, prefill_logits=gen.prefill_logits)
                 for r, gen, p1, h, c in zip(reqs, gens, phase1, held, caches)]
-
-    def _phase_done(self) -> None:
-        """Phase 1's device work finished (its time is measured to here): one worker asks its stream first,
-        several sync their device (collectives on streams of their own)."""
-        if self.group.world_size > 1:
-            sync_device(self.device)
-        else:
-            finish_device(self.device)
 
     def _sampler(self, r: Request, cfg: RunConfig) -> Sampler:
         t = cfg.temperature if r.temperature is None else r.temperature
@@ -288,7 +280,7 @@ class Worker:
                         shard = mode.encode(self, r, self.cfg)
                 finally:
                     self._arena_call = False
-                self._phase_done()
+                sync_device(self.device)
                 t1 = time.perf_counter()
                 eos = self.eos | (set(r.extra_eos) if not self.cfg.ignore_eos else set())
                 seqs.eos = eos

@@ -63,20 +63,6 @@ def test_paged_kernel_at_model_shapes_against_fp64_and_the_gather_path(lens):
         assert err < 2 * gerr + 2e-3, (err, gerr)  # no worse than the path it replaces
         glerr = (glse[0, :, :t].double() - ref_lse[:, :t]).abs().max().item()
         assert lerr < 2 * glerr + 2e-3, (lerr, glerr)
-        # the query's own KV handed to the kernel from a fused projection's layout, its rows cleared: the same
-        # bits out, and the rows written back
-        fused = torch.zeros(1, tb, (hq + 2 * hkv) * d, device="cuda", dtype=torch.bfloat16)
-        kv_at = fused.view(1, tb, hq + 2 * hkv, d)
-        kv_at[0, :, hq:hq + hkv] = own[layer, 0, L:L + tb]
-        kv_at[0, :, hq + hkv:] = own[layer, 1, L:L + tb]
-        k_new = kv_at[:, :, hq:hq + hkv].transpose(1, 2).contiguous()  # (after RoPE: a tensor of its own)
-        v_new = kv_at[:, :, hq + hkv:].transpose(1, 2)  # a strided view
-        keep = own[layer, :, L:L + tb].clone()
-        own[layer, :, L:L + tb] = 0
-        assert table.fuses(k_new, v_new)
-        out2, lse2 = table.attend(layer, q, d ** -0.5, new=(k_new, v_new))
-        assert torch.equal(out2[0, :, :t], out[0, :, :t]) and torch.equal(lse2[0, :, :t], lse[0, :, :t])
-        assert torch.equal(own[layer, :, L:L + tb], keep)
 
 
 def test_first_token_in_place_replayed_over_other_requests_equals_the_gather_path():
@@ -112,8 +98,8 @@ def test_first_token_in_place_replayed_over_other_requests_equals_the_gather_pat
             diff = (p.logits[0] - q.logits[0]).abs().max().item()
             assert diff < 0.1, diff  # bf16: the rotation rounds on the query instead of the keys
             assert p.logits[0].argmax() == q.logits[0].argmax()
-            # the decode steps after it read the query's KV from the arena (written by the page kernel as it
-            # read it): the same logits as the gathered path's while both chose the same tokens
+            # the decode steps after it read the query's KV from the arena (the step wrote it there): the same
+            # logits as the gathered path's while both chose the same tokens
             assert len(p.logits) == 4
             for step, (a, b) in enumerate(zip(p.logits[1:], q.logits[1:])):
                 if p.tokens[:step + 1] != q.tokens[:step + 1]:
