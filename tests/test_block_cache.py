@@ -240,3 +240,21 @@ def test_block_key_is_the_sha256_of_the_int64_ids_however_they_come():
     want = h.hexdigest()[:32]
     assert block_key("model|x", ids) == block_key("model|x", tuple(ids)) == block_key("model|x", np.array(ids)) == want
     assert block_key("model|y", ids) != want and block_key("model|x", ids[:-1]) != want
+
+
+def test_entries_are_kept_contiguous_in_every_tier():
+    """The in-place first token reads device entries where they lie, as contiguous tensors: a block stored
+    from a strided view (one block of a padded batch) comes back contiguous, with the same values, from the
+    device tier and after a move down to the CPU tier and back."""
+    batch = torch.randn(2, 2, 3, 4, 8, 16)  # (layers, 2, blocks, H_kv, L, D)
+    view = batch[:, :, 1, :, :5]
+    assert not view.is_contiguous()
+    kv_bytes = view.numel() * view.element_size()
+    store = BlockStore(torch.device("cpu"), kv_bytes, 4 * kv_bytes)
+    store.put("a", view, torch.ones(8))
+    kv, _ = store.get("a", 5)
+    assert kv.is_contiguous() and torch.equal(kv, view)
+    store.put("b", batch[:, :, 2, :, :5], torch.ones(8))  # pushes "a" down to the CPU tier
+    assert "a" in store.lru["cpu"] and store.lru["cpu"]["a"].kv.is_contiguous()
+    kv, _ = store.get("a", 5)  # back up
+    assert kv.is_contiguous() and torch.equal(kv, view)

@@ -146,3 +146,18 @@ def test_a_table_filled_for_the_kernel_serves_the_torch_form_after_a_kernel_fail
         out2, lse2 = tables[1].attend(layer, q, 32 ** -0.5)
         assert torch.equal(out, out2) and torch.equal(lse, lse2)
         assert (out[0, :, :5].double() - ref[:, :5]).abs().max() < 2e-5
+
+
+def test_the_kernels_table_refuses_entries_it_cannot_read_in_place():
+    """The kernel reads entries as contiguous, 16-byte aligned tensors of the rows' dtype: the table checks an
+    entry when it first meets it and names the problem (the block store keeps its entries so)."""
+    own = torch.zeros(1, 2, 64, 2, 16)
+    good = torch.zeros(1, 2, 2, 40, 16)
+    table = PageTable(16, 2, 8, "cpu", kernel=True)
+    table.fill([good], [0], torch.ones(8), own, 40, 8)
+    with pytest.raises(ValueError, match="contiguous"):
+        table.fill([torch.zeros(1, 2, 40, 2, 16).transpose(2, 3)], [0], torch.ones(8), own, 40, 8)
+    with pytest.raises(ValueError, match="dtype"):
+        table.fill([good.double()], [0], torch.ones(8), own, 40, 8)
+    with pytest.raises(ValueError, match="pages for a table of 16"):
+        table.fill([good] * 16, [40 * i for i in range(16)], torch.ones(8), own, 40, 8)

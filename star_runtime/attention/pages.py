@@ -95,9 +95,10 @@ class PageTable:
         own (layers, 2, C, H_kv, D): the query's rows, its own KV at [start, start + own_len). origin: the
         tensor whose first element the offsets count from (the kernel's base pointer; default own) -- one that
         stays the same keeps a captured CUDA graph valid for other rows."""
-        need = pages_needed([e.shape[3] for e in entries], self.chunk)
-        if need > self.capacity:
-            raise ValueError(f"{need} pages for a table of {self.capacity}")
+        if not self.kernel:  # (the kernel's table counts its pages below, as it names them)
+            need = pages_needed([e.shape[3] for e in entries], self.chunk)
+            if need > self.capacity:
+                raise ValueError(f"{need} pages for a table of {self.capacity}")
         if inv_freq is not self._freq_of:  # the same tensor (a re-encoder keeps one) is read once
             self._freq_of, self._freq = inv_freq, inv_freq.detach().double().cpu().numpy()
         freq = self._freq
@@ -119,18 +120,21 @@ class PageTable:
         if len(cache) > 65536:
             cache.clear()
         rows, counts = [], []
-        for e in entries:
-            if not e.is_contiguous():
-                raise ValueError("cached entries must be contiguous")
+        for e in entries:  # (a prompt's dozens of passages: each costs a few attribute reads)
             key = (e.data_ptr() - base, e.shape[3], elt, hkv, d)
             r = cache.get(key)
-            if r is None:  # (an address names one device and one of the store's tensors at a time)
+            if r is None:  # (an address names one device and one of the store's tensors at a time, which the
+                # store keeps contiguous: checked here, when the table first meets it)
+                if not e.is_contiguous():
+                    raise ValueError("cached entries must be contiguous")
                 if e.dtype != own.dtype or e.device != own.device or e.shape[2:] != (hkv, e.shape[3], d):
                     raise ValueError("cached entries must be in the rows' dtype, device and head shape")
                 r = cache[key] = self._entry_pages(key)
             rows.append(r)
             counts.append(len(r))
         p = sum(counts)
+        if p + 1 > self.capacity:
+            raise ValueError(f"{p + 1} pages for a table of {self.capacity}")
         meta = (self.meta_upload.buffer() if self.meta_upload is not None else self._meta_host).numpy()
         meta[:] = 0
         if p:

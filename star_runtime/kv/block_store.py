@@ -93,10 +93,12 @@ class BlockStore:
     # -- lookups ---------------------------------------------------------------------------------------
     def get(self, key: str, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(kv on the device, inv_freq) for a stored block, moved to the device tier; None on a miss."""
-        entry = self.lru["device"].get(key)
-        if entry is not None:  # the common warm case: it only becomes the most recent
-            self.lru["device"].move_to_end(key)
-            self._hit("device", num_tokens)
+        lru = self.lru["device"]
+        entry = lru.get(key)
+        if entry is not None:  # the common warm case: it only becomes the most recent (once per passage of a
+            lru.move_to_end(key)  # prompt: kept short)
+            self.stats.hits["device"] += 1
+            self.stats.hit_tokens += num_tokens
             return entry.kv, entry.inv_freq
         entry = self.lru["cpu"].pop(key, None)
         if entry is not None:
@@ -153,7 +155,8 @@ class BlockStore:
                 self._insert(old_key, old, "cpu")
             else:
                 self._drop(old_key)
-        entry.kv = entry.kv.to(self.device if tier == "device" else "cpu")
+        # contiguous in every tier (attention/pages.py reads device entries where they lie, as contiguous ones)
+        entry.kv = entry.kv.to(self.device if tier == "device" else "cpu").contiguous()
         self.lru[tier][key] = entry
         self.used[tier] += entry.nbytes
 

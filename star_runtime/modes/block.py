@@ -191,8 +191,10 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
         cos, sin = torch.cos(delta).float(), torch.sin(delta).float()  # (L_mine, R/2)
         gather_rotate(entries, rows, cos, sin, layout[0], layout[1])
 
-    if (defer and not made and pages_usable(rows.dtype, device, rows.shape[4], reencoder.rotary_dim)
-            and all(e.is_contiguous() and e.dtype == rows.dtype and e.data_ptr() % 16 == 0 for e in entries)
+    # (the store keeps its entries contiguous, and fresh encodings are: the page table checks each entry's
+    # layout when it first meets it, so a prompt's dozens of passages are not checked one by one here)
+    if (defer and not made and entries[0].dtype == rows.dtype
+            and pages_usable(rows.dtype, device, rows.shape[4], reencoder.rotary_dim)
             and _same_freq([found[b.key][1] for b in mine], dst_host)):
         return ContextShard.in_rows(rows, length, pending=gather,
                                     blocks=(entries, [b.offset for b in mine], dst_host))
