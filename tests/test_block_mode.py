@@ -216,3 +216,40 @@ def test_a_block_repeated_in_one_prompt_counts_as_served_from_the_cache():
     again = sum(len(b.ids) for i, b in enumerate(req.blocks) if b.key in keys[:i])
     assert first.cache["misses"] == len(set(keys)) and first.cache["hits"] == 0
     assert first.cache["repeat_tokens"] == again > 0  # PASSAGES[0] again: not encoded
+
+
+def test_phase_1_of_device_tier_hits_queues_no_device_work():
+    """A worker times phase 1 to the end of its device work and waits for it; a phase 1 whose blocks were all
+    device-tier hits, left where they lie for the first token, queued none (no wait before the first token),
+    while encoding a block or moving one up from the CPU tier is device work."""
+    from star_runtime.attention.rope import RopeReencoder
+    from star_runtime.kv.block_store import BlockStore, block_key
+    from star_runtime.models.loader import head_dim, load_model, resolve_model
+    from star_runtime.modes.block import BlockSpec, encode_blocks
+
+    model = load_model(resolve_model("random:tiny"), torch.float32, torch.device("cpu"))
+    cfg = model.config
+    ids = [tuple(range(10 + 7 * i, 30 + 7 * i)) for i in range(3)]
+    entry_bytes = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * 20 * head_dim(cfg) * 4
+
+    def specs(order):
+        out, off = [], 0
+        for i in order:
+            out.append(BlockSpec(block_key("m", list(ids[i])), ids[i], off, 0))
+            off += len(ids[i])
+        return out
+
+    def phase1(store, order):
+        rows = torch.zeros(cfg.num_hidden_layers, 2, 128, cfg.num_key_value_heads, head_dim(cfg))
+        shard = encode_blocks(model, specs(order), 0, store, re, 70, rows=rows, defer=True)
+        assert shard.blocks is not None  # the in-place first token's path
+        return shard.device_work
+
+    re = RopeReencoder(model)
+    store = BlockStore(torch.device("cpu"), 10 * entry_bytes, 10 * entry_bytes)
+    assert phase1(store, [0, 1, 2])  # three blocks encoded
+    assert not phase1(store, [2, 0, 1])  # all device-tier hits
+    small = BlockStore(torch.device("cpu"), 2 * entry_bytes, 10 * entry_bytes)
+    assert phase1(small, [0, 1, 2])
+    assert len(small.lru["cpu"]) == 1  # the first block went down to the CPU tier
+    assert phase1(small, [0, 1, 2])  # a CPU-tier hit moves up to the device tier

@@ -23,6 +23,7 @@ class ContextShard:
         self._row_len = 0
         self.pending = None  # what still fills rows (a deferred gather); run by settle() before the KV is read
         self.blocks = None  # meanwhile, where the KV lies: (entries, offsets, inv_freq) (attention/pages.py)
+        self.device_work = True  # whether making it queued work on the device (phase 1's timing waits for that)
 
     @classmethod
     def in_rows(cls, rows: torch.Tensor, length: int, pending=None, blocks=None) -> "ContextShard":

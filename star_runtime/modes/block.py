@@ -161,6 +161,7 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
         return ContextShard(num_layers(model))
     device = store.device
     found = {}
+    device_hits = store.stats.hits["device"]
     for b in mine:  # a block twice in one prompt is looked up once
         if b.key not in found:
             found[b.key] = store.get(b.key, len(b.ids))
@@ -196,8 +197,11 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
     if (defer and not made and entries[0].dtype == rows.dtype
             and pages_usable(rows.dtype, device, rows.shape[4], reencoder.rotary_dim)
             and _same_freq([found[b.key][1] for b in mine], dst_host)):
-        return ContextShard.in_rows(rows, length, pending=gather,
-                                    blocks=(entries, [b.offset for b in mine], dst_host))
+        shard = ContextShard.in_rows(rows, length, pending=gather,
+                                     blocks=(entries, [b.offset for b in mine], dst_host))
+        # every block a device-tier hit, left where it lies: this phase 1 queued nothing on the device
+        shard.device_work = bool(missing) or store.stats.hits["device"] - device_hits != len(found)
+        return shard
     gather()
     return ContextShard.in_rows(rows, length)
 

@@ -57,7 +57,7 @@ class Reply:
     index: int
     tokens: list[int]
     stopped_by: str
-    phase1_s: float
+    phase1_s: float  # phase 1 until its device work is done (a phase 1 that queued none: its host time)
     first_token_s: float  # this sample's query prefill to its first token
     decode_s: float
     steps: int
@@ -197,7 +197,8 @@ class Worker:
             t0 = time.perf_counter()
             with rope_frame(self.model, len(req.context_ids) + len(req.query_ids)):  # the prompt's RoPE everywhere
                 shards.append(mode.encode(self, req, cfg))
-            sync_device(self.device)
+            if g.world_size > 1 or shards[-1].device_work:  # (one worker whose phase 1 queued nothing: no wait)
+                sync_device(self.device)
             g.barrier()
             phase1.append(time.perf_counter() - t0)
             after = mode.counters(self)
@@ -280,7 +281,8 @@ class Worker:
                         shard = mode.encode(self, r, self.cfg)
                 finally:
                     self._arena_call = False
-                sync_device(self.device)
+                if self.group.world_size > 1 or shard.device_work:
+                    sync_device(self.device)
                 t1 = time.perf_counter()
                 eos = self.eos | (set(r.extra_eos) if not self.cfg.ignore_eos else set())
                 seqs.eos = eos
