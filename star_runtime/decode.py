@@ -442,6 +442,7 @@ class Arenas:
         self.pool: list[Arena] = []  # least recently used first
         self.claimed = lambda: 0  # device bytes others may still take (a block store's unused budget)
         self.steps: dict[tuple[int, int], TableStep] = {}  # (query bucket, pages) -> in-place query prefill
+        self.made = 0  # arenas made so far (a new one's zeros are device work)
 
     def prefill_in_place(self, model, arena: "Arena", shard: ContextShard, query: list[int], start: int,
                          use_graph: bool, layers: str) -> torch.Tensor:
@@ -487,6 +488,7 @@ class Arenas:
                     break
                 self.pool.remove(lru)
             arena = Arena(layers, cap, hkv, hd, model.dtype, device)
+            self.made += 1
         self.pool.append(arena)  # most recent last
         return arena
 

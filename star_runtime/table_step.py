@@ -135,10 +135,10 @@ class TableStep:
             h[n + a * tb: n + (a + 1) * tb] = np.arange(s, s + tb)
             h[2 * n + a] = s
         h[self.head - 1] = keep
-        if self.pages is not None:  # its rows into the same host buffer (its pages' angles, when new, apart)
-            entries, offsets, inv_freq = blocks
-            self.pages.fill(entries, offsets, inv_freq, buffers[0], starts[0], self.tb, origin=self.table.spare)
         try:
+            if self.pages is not None:  # its rows into the same host buffer (its pages' angles, when new, apart)
+                entries, offsets, inv_freq = blocks
+                self.pages.fill(entries, offsets, inv_freq, buffers[0], starts[0], self.tb, origin=self.table.spare)
             if self.graph is None:
                 self.upload.push()
                 return self._forward()

@@ -242,10 +242,10 @@ def test_block_key_is_the_sha256_of_the_int64_ids_however_they_come():
     assert block_key("model|y", ids) != want and block_key("model|x", ids[:-1]) != want
 
 
-def test_entries_are_kept_contiguous_in_every_tier():
+def test_entries_are_kept_contiguous_in_every_tier(tmp_path):
     """The in-place first token reads device entries where they lie, as contiguous tensors: a block stored
     from a strided view (one block of a padded batch) comes back contiguous, with the same values, from the
-    device tier and after a move down to the CPU tier and back."""
+    device tier, after a move down to the CPU tier and back, and from the disk tier."""
     batch = torch.randn(2, 2, 3, 4, 8, 16)  # (layers, 2, blocks, H_kv, L, D)
     view = batch[:, :, 1, :, :5]
     assert not view.is_contiguous()
@@ -258,3 +258,11 @@ def test_entries_are_kept_contiguous_in_every_tier():
     assert "a" in store.lru["cpu"] and store.lru["cpu"]["a"].kv.is_contiguous()
     kv, _ = store.get("a", 5)  # back up
     assert kv.is_contiguous() and torch.equal(kv, view)
+    disk = BlockStore(torch.device("cpu"), kv_bytes, 0, str(tmp_path), 16 * kv_bytes)
+    disk.put("c", view, torch.ones(8))
+    disk.put("d", batch[:, :, 2, :, :5], torch.ones(8))  # "c" leaves memory: on disk alone
+    disk.flush()
+    assert "c" not in disk.lru["device"] and "c" not in disk.lru["cpu"]
+    kv, _ = disk.get("c", 5)
+    assert kv.is_contiguous() and torch.equal(kv, view)
+    disk.close()

@@ -149,15 +149,20 @@ def test_a_table_filled_for_the_kernel_serves_the_torch_form_after_a_kernel_fail
 
 
 def test_the_kernels_table_refuses_entries_it_cannot_read_in_place():
-    """The kernel reads entries as contiguous, 16-byte aligned tensors of the rows' dtype: the table checks an
-    entry when it first meets it and names the problem (the block store keeps its entries so)."""
+    """The kernel reads entries as contiguous, 16-byte aligned tensors of the rows' dtype: the table names the
+    problem (the block store keeps its entries so), also for a tensor at an address it met before."""
     own = torch.zeros(1, 2, 64, 2, 16)
-    good = torch.zeros(1, 2, 2, 40, 16)
+    store = torch.zeros(2, 1, 2, 2, 40, 16)
+    good = store[0]
     table = PageTable(16, 2, 8, "cpu", kernel=True)
     table.fill([good], [0], torch.ones(8), own, 40, 8)
+    strided = store.as_strided(good.shape, good.stride()[:3] + (1, 40))  # the same address and length
+    assert strided.data_ptr() == good.data_ptr() and not strided.is_contiguous()
     with pytest.raises(ValueError, match="contiguous"):
-        table.fill([torch.zeros(1, 2, 40, 2, 16).transpose(2, 3)], [0], torch.ones(8), own, 40, 8)
-    with pytest.raises(ValueError, match="dtype"):
-        table.fill([good.double()], [0], torch.ones(8), own, 40, 8)
+        table.fill([strided], [0], torch.ones(8), own, 40, 8)
+    with pytest.raises(ValueError, match="dtype"):  # the same address and length, another dtype of that size
+        table.fill([store.view(torch.int32)[0]], [0], torch.ones(8), own, 40, 8)
+    with pytest.raises(ValueError, match="16-byte"):
+        table.fill([store.view(-1)[1:1 + good.numel()].view(good.shape)], [0], torch.ones(8), own, 40, 8)
     with pytest.raises(ValueError, match="pages for a table of 16"):
         table.fill([good] * 16, [40 * i for i in range(16)], torch.ones(8), own, 40, 8)

@@ -121,15 +121,15 @@ class PageTable:
             cache.clear()
         rows, counts = [], []
         for e in entries:  # (a prompt's dozens of passages: each costs a few attribute reads)
-            key = (e.data_ptr() - base, e.shape[3], elt, hkv, d)
+            if not e.is_contiguous():
+                raise ValueError("cached entries must be contiguous")
+            key = (e.data_ptr() - base, e.shape[3], e.dtype, hkv, d)
             r = cache.get(key)
-            if r is None:  # (an address names one device and one of the store's tensors at a time, which the
-                # store keeps contiguous: checked here, when the table first meets it)
-                if not e.is_contiguous():
-                    raise ValueError("cached entries must be contiguous")
+            if r is None:  # (an address names one device and one of the store's tensors at a time: its dtype,
+                # device and shape checked when the table first meets it)
                 if e.dtype != own.dtype or e.device != own.device or e.shape[2:] != (hkv, e.shape[3], d):
                     raise ValueError("cached entries must be in the rows' dtype, device and head shape")
-                r = cache[key] = self._entry_pages(key)
+                r = cache[key] = self._entry_pages(key, elt)
             rows.append(r)
             counts.append(len(r))
         p = sum(counts)
@@ -157,11 +157,12 @@ class PageTable:
             self.rot_upload.push()
             self._rot_held = held
 
-    def _entry_pages(self, key: tuple) -> np.ndarray:
+    def _entry_pages(self, key: tuple, elt: int) -> np.ndarray:
         """(pages, 6) int64 table rows of one entry: key (its first element's byte offset from the origin, its
-        keys n, element size, KV heads, head dim) -> per page of at most ``chunk`` keys its first key's element
-        offset, the layer stride, the key-to-value distance, the head stride, the token stride, its keys."""
-        at, n, elt, hkv, d = key
+        keys n, dtype, KV heads, head dim), elt its element size -> per page of at most ``chunk`` keys its first
+        key's element offset, the layer stride, the key-to-value distance, the head stride, the token stride, its
+        keys."""
+        at, n, _, hkv, d = key
         if at % 16:
             raise ValueError("cached entries must start on 16-byte boundaries")
         c = np.arange(-(-n // self.chunk), dtype=np.int64)

@@ -194,10 +194,12 @@ class Worker:
             mode = get_mode(req.mode or cfg.attn_type)
             before = mode.counters(self)
             g.barrier()
+            made = self.arenas.made
             t0 = time.perf_counter()
             with rope_frame(self.model, len(req.context_ids) + len(req.query_ids)):  # the prompt's RoPE everywhere
                 shards.append(mode.encode(self, req, cfg))
-            if g.world_size > 1 or shards[-1].device_work:  # (one worker whose phase 1 queued nothing: no wait)
+            # one worker whose phase 1 queued nothing on the device (no new arena either): nothing to wait for
+            if g.world_size > 1 or shards[-1].device_work or self.arenas.made != made:
                 sync_device(self.device)
             g.barrier()
             phase1.append(time.perf_counter() - t0)
