@@ -192,8 +192,8 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
         cos, sin = torch.cos(delta).float(), torch.sin(delta).float()  # (L_mine, R/2)
         gather_rotate(entries, rows, cos, sin, layout[0], layout[1])
 
-    # (the store keeps its entries contiguous, and fresh encodings are: the page table checks each entry's
-    # layout when it first meets it, so a prompt's dozens of passages are not checked one by one here)
+    # (the store keeps its entries contiguous, and fresh encodings are; the page table checks each entry's
+    # layout as it names its pages, so a prompt's dozens of passages are not checked twice)
     if (defer and not made and entries[0].dtype == rows.dtype
             and pages_usable(rows.dtype, device, rows.shape[4], reencoder.rotary_dim)
             and _same_freq([found[b.key][1] for b in mine], dst_host)):
