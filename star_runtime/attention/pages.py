@@ -129,7 +129,7 @@ class PageTable:
                 # device and shape checked when the table first meets it)
                 if e.dtype != own.dtype or e.device != own.device or e.shape[2:] != (hkv, e.shape[3], d):
                     raise ValueError("cached entries must be in the rows' dtype, device and head shape")
-                r = cache[key] = self._entry_pages(key, elt)
+                r = cache[key] = self._entry_pages(key)
             rows.append(r)
             counts.append(len(r))
         p = sum(counts)
@@ -157,12 +157,12 @@ class PageTable:
             self.rot_upload.push()
             self._rot_held = held
 
-    def _entry_pages(self, key: tuple, elt: int) -> np.ndarray:
+    def _entry_pages(self, key: tuple) -> np.ndarray:
         """(pages, 6) int64 table rows of one entry: key (its first element's byte offset from the origin, its
-        keys n, dtype, KV heads, head dim), elt its element size -> per page of at most ``chunk`` keys its first
-        key's element offset, the layer stride, the key-to-value distance, the head stride, the token stride, its
-        keys."""
-        at, n, _, hkv, d = key
+        keys n, dtype, KV heads, head dim) -> per page of at most ``chunk`` keys its first key's element offset,
+        the layer stride, the key-to-value distance, the head stride, the token stride, its keys."""
+        at, n, dtype, hkv, d = key
+        elt = dtype.itemsize
         if at % 16:
             raise ValueError("cached entries must start on 16-byte boundaries")
         c = np.arange(-(-n // self.chunk), dtype=np.int64)

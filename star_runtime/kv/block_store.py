@@ -104,7 +104,7 @@ class BlockStore:
         if entry is not None:
             self.used["cpu"] -= entry.nbytes
             self._hit("cpu", num_tokens)
-            kv = entry.kv.to(self.device).contiguous()
+            kv = entry.kv.to(self.device)
             entry.kv = kv
             self._insert(key, entry, "device")  # an entry larger than the device tier lands lower: kv stays here
             return kv, entry.inv_freq
@@ -112,7 +112,7 @@ class BlockStore:
         if got is not None:
             self._hit("disk", num_tokens)
             kv, inv_freq = got
-            kv = kv.to(self.device).contiguous()
+            kv = kv.to(self.device)
             self._insert(key, Entry(kv, inv_freq, kv.numel() * kv.element_size()), "device")
             return kv, inv_freq
         self.stats.misses += 1
@@ -124,7 +124,9 @@ class BlockStore:
         and on disk (in the background) when there is a disk tier."""
         if key in self.lru["device"] or key in self.lru["cpu"]:
             return
-        kv = kv.contiguous()  # (every tier's entries are: the in-place first token reads them where they lie)
+        # contiguous from here on, in every tier and on disk (_insert keeps them so when they move): the in-place
+        # first token reads them where they lie
+        kv = kv.contiguous()
         inv_freq = inv_freq.detach().float().cpu()
         fk = inv_freq.numpy().tobytes()  # one tensor per frequency set (dynamic RoPE: one per length, bounded)
         inv_freq = self._freqs.setdefault(fk, inv_freq) if len(self._freqs) < 64 else self._freqs.get(fk, inv_freq)

@@ -199,8 +199,9 @@ def encode_blocks(model, blocks: list[BlockSpec], rank: int, store: BlockStore, 
             and _same_freq([found[b.key][1] for b in mine], dst_host)):
         shard = ContextShard.in_rows(rows, length, pending=gather,
                                      blocks=(entries, [b.offset for b in mine], dst_host))
-        # every block a device-tier hit, left where it lies: this phase 1 queued nothing on the device
-        shard.device_work = bool(missing) or store.stats.hits["device"] - device_hits != len(found)
+        # every block a device-tier hit (a miss or a lower tier's hit is not), left where it lies: this phase 1
+        # queued nothing on the device
+        shard.device_work = store.stats.hits["device"] - device_hits != len(found)
         return shard
     gather()
     return ContextShard.in_rows(rows, length)
