@@ -471,9 +471,12 @@ class Arenas:
                     ) -> "Arena | None":
         """An idle arena of the request's capacity bucket (the most recent), else a new one after idle ones
         went to make room. With ``must`` False: None when every arena is busy and no new one fits."""
-        layers, hkv, hd = model_shape(model.config)
         cap = context_bucket(context + query_bucket(query) + max_new + 1)
-        arena = next((x for x in reversed(self.pool) if x.capacity == cap and not x.busy), None)
+        pool = self.pool
+        if pool and pool[-1].capacity == cap and not pool[-1].busy:  # the most recent (phase 1's, asked again)
+            return pool[-1]
+        layers, hkv, hd = model_shape(model.config)
+        arena = next((x for x in reversed(pool) if x.capacity == cap and not x.busy), None)
         if arena is not None:
             self.pool.remove(arena)
         else:
@@ -632,6 +635,17 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
     dev = queries[0].device if device is None else torch.device(device)
     n = len(queries)
     host = group.is_host
+    arena = None
+    if arenas is not None and arena_path(group.world_size, n, decode, model) and not prefill_logits:
+        arena = arenas.for_request(model, len(shards[0]), queries[0].numel(), max_new[0], dev)
+    # a context whose gather phase 1 deferred (cached blocks, kv/shard.py): the first token attends the blocks
+    # in place, the gather runs after it; everything else reads settled rows
+    paged = arena is not None and shards[0].blocks is not None and shards[0].rows is arena.rows
+    first = None
+    if paged:  # launched before the bookkeeping below, which then overlaps the device's work (one sample)
+        t_first = time.perf_counter()
+        ids = query_ids[0] if query_ids is not None else queries[0].tolist()  # (the step reads the host's ids)
+        first = arenas.prefill_in_place(model, arena, shards[0], ids, starts[0], decode == "graph", layers)
     # static decode keeps finished samples in the batch, so every cache must hold the longest run
     cap = [q.numel() + (max(max_new) if decode != "eager" else m) for q, m in zip(queries, max_new)]
     caches = [QueryCache(num_layers(model), c) for c in cap] if host else None
@@ -684,21 +698,15 @@ def generate(model, group, shards: list[ContextShard], queries: list[torch.Tenso
             elif gens[b].steps >= max_new[b]:
                 running[b] = False
 
-    arena = None
-    if arenas is not None and arena_path(group.world_size, n, decode, model) and not prefill_logits:
-        arena = arenas.for_request(model, len(shards[0]), queries[0].numel(), max_new[0], dev)
-    # a context whose gather phase 1 deferred (cached blocks, kv/shard.py): the first token attends the blocks
-    # in place, the gather runs after it; everything else reads settled rows
-    paged = arena is not None and shards[0].blocks is not None and shards[0].rows is arena.rows
     for b, sh in enumerate(shards):
         if not (paged and b == 0):
             sh.settle()
     for b in range(n):  # query prefill, one sample at a time
         t0 = time.perf_counter()
-        q = queries[b] if paged else queries[b].to(dev)  # (the in-place step reads the host's ids)
-        if paged:
-            ids = query_ids[b] if query_ids is not None else q.tolist()
-            decide([b], arenas.prefill_in_place(model, arena, shards[b], ids, starts[b], decode == "graph", layers))
+        q = None if paged else queries[b].to(dev)
+        if paged:  # (one sample, launched above)
+            t0 = t_first
+            decide([b], first)
         elif arena is not None:  # fixed shapes over the arena: one graph replay
             arena.load(shards[b])
             tb = query_bucket(q.numel())

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..staging import Staging
+from . import partial
 from .merge import merge_partials
 from .partial import partial_attention
 from .split_kv import merge_splits, sm_count, tiles
@@ -41,12 +42,21 @@ def usable(dtype, device, head_dim: int, rotary_dim: int) -> bool:
     """Whether the in-place path serves a model here: full-width RoPE, and on a GPU the Triton kernel for
     half precision and head dims >= 32 (its half-width dots; the torch form, on the CPU, is not capturable in
     a CUDA graph)."""
-    from .table import kernels_ok
-
     if rotary_dim != head_dim or not _OK["ok"]:
         return False
-    device = torch.device(device)
-    return device.type == "cpu" or (head_dim >= 32 and kernels_ok(dtype, device, head_dim))
+    # asked by every request: answered once per kind and kernel choice (a failed split kernel or another kernel
+    # named is part of the key)
+    key = (dtype, device, head_dim, partial._KERNEL, partial._SPLIT_OK["ok"])
+    ok = _USABLE.get(key)
+    if ok is None:
+        from .table import kernels_ok
+
+        dev = torch.device(device)
+        ok = _USABLE[key] = dev.type == "cpu" or (head_dim >= 32 and kernels_ok(dtype, dev, head_dim))
+    return ok
+
+
+_USABLE: dict = {}
 
 
 def pages_needed(lengths, chunk: int = CHUNK) -> int:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import pdl
+
 _STATE: dict = {"triton": None}
 
 
@@ -124,9 +126,13 @@ def _kernels():
         tl.store(L + s * sl_s + a * sl_a + qh * sl_h + t, lse, mask=row_ok)
 
     @triton.jit
-    def merge_kernel(O, L, OUT, LSE, so_s, sl_s, S, TB, sout_h, sout_t, D: tl.constexpr, BLOCK_S: tl.constexpr):
+    def merge_kernel(O, L, OUT, LSE, so_s, sl_s, S, TB, sout_h, sout_t, D: tl.constexpr, BLOCK_S: tl.constexpr,
+                     PDL: tl.constexpr = False):
         """Row r of the flattened (A, Hq, Tb): lse = logsumexp_s L[s, r], out = sum_s exp(L[s, r] - lse) O[s, r],
         stored at (r // Tb) * sout_h + (r % Tb) * sout_t (head-major: Tb * D, D; token-major: D, rows * D)."""
+        if PDL:  # launched while the split kernel runs (star_runtime/pdl.py): its partials first
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         r = tl.program_id(0)
         sp = tl.arange(0, BLOCK_S)
         d = tl.arange(0, D)
@@ -243,7 +249,8 @@ def merge_splits(o_part: torch.Tensor, l_part: torch.Tensor, dtype, token_major:
     else:
         out = torch.empty(o_part.shape[1:], dtype=dtype, device=o_part.device)
     lse = torch.empty(l_part.shape[1:], dtype=torch.float32, device=o_part.device)
+    extra = dict(PDL=True, launch_pdl=True) if o_part.is_cuda and pdl.enabled(o_part.device) else {}
     _kernels()["merge"][(lse.numel(),)](o_part, l_part, out, lse, o_part.stride(0), l_part.stride(0), splits, tb,
                                         out.stride(-3), out.stride(-2), D=d,
-                                        BLOCK_S=max(2, 1 << (splits - 1).bit_length()), num_warps=4)
+                                        BLOCK_S=max(2, 1 << (splits - 1).bit_length()), num_warps=4, **extra)
     return out, lse

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import pdl
+
 MAX_ROWS = 64  # tokens at most: above this a matmul is compute-bound and cuBLAS is the right kernel
 
 # (BLOCK_N, BLOCK_K, splits, warps, stages) per card name and "bucket,N,K", timed by bench/tune_skinny.py
@@ -147,9 +149,12 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, c: tup
         part, count = _WORK[key]
     # the slice length goes in as a number of its own: Triton then knows it (and each slice's start) is a
     # multiple of 16 and vectorizes the loads -- computed in the kernel as K // S it is not known to be
+    extra = {}
+    if x.is_cuda and pdl.enabled(x.device):  # starts while the kernel before it runs; its weight needs nothing of it
+        extra = dict(PDL=True, PF=min(pdl.prefetch_bytes(), (k // s) * weight.element_size()), launch_pdl=True)
     _kernel()[(n // bn, s)](x, weight, bias if bias is not None else y, y, part, count, m, n, k // s, x.stride(0),
                             weight.stride(0), s, HAS_BIAS=bias is not None, SPLIT=s > 1, BM=bm, BN=bn, BK=bk,
-                            num_warps=warps, num_stages=stages)
+                            num_warps=warps, num_stages=stages, **extra)
     return y
 
 
@@ -164,13 +169,21 @@ def _kernel():
 
     @triton.jit
     def skinny_kernel(X, W, B, Y, PART, COUNT, M, N, KS, sxm, swn, S, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr = False,
+                      PF: tl.constexpr = 0):
         pn = tl.program_id(0)
         ps = tl.program_id(1)
         rm = tl.arange(0, BM)
         rn = pn * BN + tl.arange(0, BN)
         rk = tl.arange(0, BK)
         m_ok = rm < M
+        if PDL:  # launched while the kernel before it runs (star_runtime/pdl.py)
+            if PF > 0:  # the first PF bytes of each of this program's weight rows into L2: nothing waits for it
+                tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.b32 $0, 0;", "=r,l,r",
+                                          [W + rn.to(tl.int64) * swn + ps * KS, tl.full((BN,), PF, tl.int32)],
+                                          dtype=tl.int32, is_pure=False, pack=1)
+            tl.extra.cuda.gdc_wait()  # the input X is the kernel before's output
+            tl.extra.cuda.gdc_launch_dependents()
         xp = X + rm[:, None].to(tl.int64) * sxm + (ps * KS + rk)[None, :]  # this program's slice of KS input features
         wp = W + rn[:, None].to(tl.int64) * swn + (ps * KS + rk)[None, :]
         acc = tl.zeros((BM, BN), tl.float32)
