@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import pdl
 from ..staging import Staging
 from . import partial
 from .merge import merge_partials
@@ -261,7 +262,7 @@ def _kernel():
     def paged_kernel(Q, KV, META, ROT, O, L, layer, P, sq_h, sq_t, so_s, so_h, so_t, sl_s, sl_h, TB, scale_log2,
                      HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, S: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAST: tl.constexpr,
-                     STAGES: tl.constexpr):
+                     STAGES: tl.constexpr, PDL: tl.constexpr = False):
         mt = tl.program_id(0)
         s = tl.program_id(1)
         h = tl.program_id(2)
@@ -271,6 +272,21 @@ def _kernel():
         row_ok = t < TB
         qh = h * G + g
         d = tl.arange(0, D)
+        jl = tl.arange(0, BLOCK_N)
+        count = tl.load(META + P * 7)  # pages in use; the rest of the table is not read
+        if PDL:  # launched while the kernel before it runs (star_runtime/pdl.py): the table and the cached keys
+            # and values are not its output, the query and the own page are
+            if s < count:  # this split's first page's first key tile into L2 meanwhile
+                m0 = META + s * 7
+                r0 = (KV + tl.load(m0) + layer * tl.load(m0 + 1) + h * tl.load(m0 + 3)
+                      + jl.to(tl.int64) * tl.load(m0 + 4))
+                nb = tl.full((BLOCK_N,), D * 2, tl.int32)
+                tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.b32 $0, 0;", "=r,l,r",
+                                          [r0, nb], dtype=tl.int32, is_pure=False, pack=1)
+                tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.b32 $0, 0;", "=r,l,r",
+                                          [r0 + tl.load(m0 + 2), nb], dtype=tl.int32, is_pure=False, pack=1)
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         qp = Q + qh[:, None] * sq_h + t[:, None] * sq_t
         e = tl.arange(0, HALF)  # RoPE pairs (i, i + HALF): the query and keys in halves, two half-width dots
         q1 = tl.load(qp + e[None, :], mask=row_ok[:, None], other=0.0)
@@ -278,8 +294,6 @@ def _kernel():
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, D), tl.float32)
-        jl = tl.arange(0, BLOCK_N)
-        count = tl.load(META + P * 7)  # pages in use; the rest of the table is not read
         for p in range(s, count, S):
             mp = META + p * 7
             n = tl.load(mp + 5)
@@ -376,6 +390,7 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
         q, table.kv, table.meta, table.rot, o_part, l_part, layer, table.capacity, q.stride(1), q.stride(2),
         o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1), tb,
         scale * 1.4426950408889634, HKV=hkv, G=g, D=d, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
-        FAST=fast, STAGES=stages, num_warps=warps, num_stages=stages)
+        FAST=fast, STAGES=stages, num_warps=warps, num_stages=stages,
+        **(dict(PDL=True, launch_pdl=True) if dev.type == "cuda" and pdl.enabled(dev) else {}))
     out, lse = merge_splits(o_part, l_part, q.dtype, token_major=True)  # (Hq, Tb, D) over (Tb, Hq, D) memory
     return out.unsqueeze(0), lse.unsqueeze(0)

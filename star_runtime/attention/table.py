@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import pdl
 from . import partial
 from .partial import masked_partial
 from .split_kv import available as split_available
@@ -86,7 +87,8 @@ class KVTable:
             kern = _write_kernel()
             kern[(self.size * t, self.hkv)](k, v, self.spare, self.table, base, layer, self.size,
                                             k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
-                                            v.stride(2), t, HKV=self.hkv, D=self.d, num_warps=1)
+                                            v.stride(2), t, HKV=self.hkv, D=self.d, num_warps=1,
+                                            **(dict(PDL=True, launch_pdl=True) if pdl.enabled(k.device) else {}))
             return
         steps = torch.arange(t, device=self.device)
         for a in range(self.size):
@@ -162,7 +164,7 @@ def _write_kernel():
 
     @triton.jit
     def table_write(KN, VN, ORIGIN, TAB, BASE, layer, n_tab, sk_a, sk_h, sk_t, sv_a, sv_h, sv_t, T,
-                    HKV: tl.constexpr, D: tl.constexpr):
+                    HKV: tl.constexpr, D: tl.constexpr, PDL: tl.constexpr = False):
         at = tl.program_id(0)  # row a, new token t
         h = tl.program_id(1)
         a = at // T
@@ -171,6 +173,9 @@ def _write_kernel():
         d = tl.arange(0, D)
         kp = ORIGIN + tl.multiple_of(tl.load(TAB + (layer * 2) * n_tab + a), 8)
         vp = ORIGIN + tl.multiple_of(tl.load(TAB + (layer * 2 + 1) * n_tab + a), 8)
+        if PDL:  # the table and the slots are the step's inputs, the new keys and values the kernel before's output
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         dst = slot * HKV * D + h * D + d
         tl.store(kp + dst, tl.load(KN + a * sk_a + h * sk_h + t * sk_t + d))
         tl.store(vp + dst, tl.load(VN + a * sv_a + h * sv_h + t * sv_t + d))
