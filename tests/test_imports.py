@@ -12,7 +12,7 @@ PKG = ROOT / "star_runtime"
 
 # lower layers first; a module may import its own layer or lower ones, never a higher one
 LAYERS = [
-    {"errors", "progress", "staging"},
+    {"errors", "pdl", "progress", "staging"},
     {"config"},
     {"fused", "prompts", "sampling", "attention", "kv", "models"},
     {"modes"},
