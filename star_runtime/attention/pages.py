@@ -278,8 +278,8 @@ def _kernel():
             # and values are not its output, the query and the own page are
             if s < count:  # this split's first page's first key tile into L2 meanwhile
                 m0 = META + s * 7
-                r0 = (KV + tl.load(m0) + layer * tl.load(m0 + 1) + h * tl.load(m0 + 3)
-                      + jl.to(tl.int64) * tl.load(m0 + 4))
+                j0 = tl.minimum(jl, tl.load(m0 + 5) - 1).to(tl.int64)  # (rows past a short page: its last)
+                r0 = KV + tl.load(m0) + layer * tl.load(m0 + 1) + h * tl.load(m0 + 3) + j0 * tl.load(m0 + 4)
                 nb = tl.full((BLOCK_N,), D * 2, tl.int32)
                 tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.b32 $0, 0;", "=r,l,r",
                                           [r0, nb], dtype=tl.int32, is_pure=False, pack=1)
