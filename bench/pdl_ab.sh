@@ -27,7 +27,7 @@ P="STAR_RUNTIME_PDL=1 TORCHINDUCTOR_ENABLE_PDL=1"
 run base qkv X=1
 run allskinny_pdl_pf2k all $P STAR_RUNTIME_PDL_PREFETCH=2048
 run pdl_pf2k qkv $P STAR_RUNTIME_PDL_PREFETCH=2048
-env $P STAR_RUNTIME_PDL_PREFETCH=2048 python -m pytest -q -m gpu tests/gpu/test_pdl_gpu.py tests/gpu/test_pages_gpu.py -p no:cacheprovider > $OUT/gpu_tests_pdl.log 2>&1; tail -2 $OUT/gpu_tests_pdl.log >> $L
+env $P STAR_RUNTIME_PDL_PREFETCH=2048 python -m pytest -q -m gpu tests/gpu/test_pdl_gpu.py tests/gpu/test_pages_gpu.py tests/gpu/test_table_step.py -p no:cacheprovider > $OUT/gpu_tests_pdl.log 2>&1; tail -2 $OUT/gpu_tests_pdl.log >> $L
 python - > /tmp/best <<'PY'
 import json, os
 rows = [json.loads(l) for l in open(os.environ["OUT"] + "/pdl_ab.jsonl")]
