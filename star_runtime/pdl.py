@@ -34,3 +34,9 @@ def prefetch_bytes() -> int:
         v = int(os.environ.get("STAR_RUNTIME_PDL_PREFETCH", "0"))
         _ON["prefetch"] = max(0, v - v % 16)
     return _ON["prefetch"]
+
+
+def launch_args(device: torch.device) -> dict:
+    """The launch's extra arguments for a runtime kernel with a ``PDL`` constexpr: PDL=True and Triton's
+    launch_pdl on a device where PDL is on, none elsewhere (the kernel then runs as it always did)."""
+    return {"PDL": True, "launch_pdl": True} if device.type == "cuda" and enabled(device) else {}

@@ -391,6 +391,6 @@ def _kernel_attend(table: PageTable, layer: int, q: torch.Tensor, scale: float):
         o_part.stride(0), o_part.stride(1), o_part.stride(2), l_part.stride(0), l_part.stride(1), tb,
         scale * 1.4426950408889634, HKV=hkv, G=g, D=d, HALF=half, S=splits, BLOCK_M=block_m, BLOCK_N=block_n,
         FAST=fast, STAGES=stages, num_warps=warps, num_stages=stages,
-        **(dict(PDL=True, launch_pdl=True) if dev.type == "cuda" and pdl.enabled(dev) else {}))
+        **pdl.launch_args(dev))
     out, lse = merge_splits(o_part, l_part, q.dtype, token_major=True)  # (Hq, Tb, D) over (Tb, Hq, D) memory
     return out.unsqueeze(0), lse.unsqueeze(0)

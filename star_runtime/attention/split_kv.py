@@ -249,8 +249,7 @@ def merge_splits(o_part: torch.Tensor, l_part: torch.Tensor, dtype, token_major:
     else:
         out = torch.empty(o_part.shape[1:], dtype=dtype, device=o_part.device)
     lse = torch.empty(l_part.shape[1:], dtype=torch.float32, device=o_part.device)
-    extra = dict(PDL=True, launch_pdl=True) if o_part.is_cuda and pdl.enabled(o_part.device) else {}
     _kernels()["merge"][(lse.numel(),)](o_part, l_part, out, lse, o_part.stride(0), l_part.stride(0), splits, tb,
                                         out.stride(-3), out.stride(-2), D=d,
-                                        BLOCK_S=max(2, 1 << (splits - 1).bit_length()), num_warps=4, **extra)
+                                        BLOCK_S=max(2, 1 << (splits - 1).bit_length()), num_warps=4, **pdl.launch_args(o_part.device))
     return out, lse

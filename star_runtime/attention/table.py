@@ -88,7 +88,7 @@ class KVTable:
             kern[(self.size * t, self.hkv)](k, v, self.spare, self.table, base, layer, self.size,
                                             k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
                                             v.stride(2), t, HKV=self.hkv, D=self.d, num_warps=1,
-                                            **(dict(PDL=True, launch_pdl=True) if pdl.enabled(k.device) else {}))
+                                            **pdl.launch_args(k.device))
             return
         steps = torch.arange(t, device=self.device)
         for a in range(self.size):

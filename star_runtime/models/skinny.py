@@ -149,10 +149,9 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, c: tup
         part, count = _WORK[key]
     # the slice length goes in as a number of its own: Triton then knows it (and each slice's start) is a
     # multiple of 16 and vectorizes the loads -- computed in the kernel as K // S it is not known to be
-    extra = {}
-    if x.is_cuda and pdl.enabled(x.device):  # starts while the kernel before it runs; its weight needs nothing of it
-        pf = min(pdl.prefetch_bytes(), (k // s) * weight.element_size()) if weight.data_ptr() % 16 == 0 else 0
-        extra = dict(PDL=True, PF=pf, launch_pdl=True)  # (the bulk prefetch needs 16-byte aligned rows)
+    extra = pdl.launch_args(x.device)  # starts while the kernel before it runs: its weight needs nothing of it
+    if extra and weight.data_ptr() % 16 == 0:  # (the bulk prefetch needs 16-byte aligned rows)
+        extra["PF"] = min(pdl.prefetch_bytes(), (k // s) * weight.element_size())
     _kernel()[(n // bn, s)](x, weight, bias if bias is not None else y, y, part, count, m, n, k // s, x.stride(0),
                             weight.stride(0), s, HAS_BIAS=bias is not None, SPLIT=s > 1, BM=bm, BN=bn, BK=bk,
                             num_warps=warps, num_stages=stages, **extra)

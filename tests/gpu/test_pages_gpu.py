@@ -4,10 +4,11 @@ replaces (gather_rotate + the split-KV kernel); and a worker's first token throu
 replayed from its CUDA graph over other requests' pages -- against the gather path (two layers of Llama-3-8B's
 shape, bf16)."""
 
+import sys
+
 import pytest
 import torch
 
-from star_runtime.attention.pages import PageTable, capacity_bucket, pages_needed
 from star_runtime.attention.split_kv import split_kv_attention
 from star_runtime.config import RunConfig
 from star_runtime.kv.block_store import block_key
@@ -15,6 +16,9 @@ from star_runtime.kv.gather import gather_rotate
 from star_runtime.models.loader import resolve_model
 from star_runtime.modes.block import BlockSpec
 from star_runtime.parallel.worker import Request, Worker
+
+sys.path.insert(0, "tests/helpers")
+from paged_blocks import cached_blocks  # noqa: E402
 
 
 def rope(x, pos, inv):
@@ -28,17 +32,8 @@ def rope(x, pos, inv):
 
 @pytest.mark.parametrize("lens", [[512] * 64, [300, 1000, 17, 4096, 512]])
 def test_paged_kernel_at_model_shapes_against_fp64_and_the_gather_path(lens):
-    g = torch.Generator(device="cuda").manual_seed(len(lens))
     layers, hkv, d, hq, t, tb = 2, 8, 128, 32, 50, 64
-    inv = (1.0 / (500000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))).cuda()
-    offs = [sum(lens[:i]) for i in range(len(lens))]
-    L = sum(lens)
-    entries = [torch.randn(layers, 2, hkv, n, d, device="cuda", generator=g).to(torch.bfloat16) for n in lens]
-    own = torch.zeros(layers, 2, L + tb + 16, hkv, d, device="cuda", dtype=torch.bfloat16)
-    own[:, :, L:L + tb] = torch.randn(layers, 2, tb, hkv, d, device="cuda", generator=g).to(torch.bfloat16)
-    q = torch.randn(1, hq, tb, d, device="cuda", generator=g).to(torch.bfloat16)
-    table = PageTable(capacity_bucket(pages_needed(lens)), hkv, d // 2, "cuda", kernel=True)
-    table.fill(entries, offs, inv.float().cpu(), own, L, tb)
+    entries, offs, L, own, q, inv, table = cached_blocks(lens, len(lens), layers, hkv, d, hq, tb)
     # the gather path: keys re-encoded into the rows, then the split kernel over rows [0, L + t)
     ang = torch.cat([torch.arange(o, o + n, device="cuda") for o, n in zip(offs, lens)]).double()[:, None] * inv
     rows = own.clone()

@@ -5,12 +5,16 @@ read its input before ``gdc_wait`` would read the stale one: the skinny matmul (
 prefetch, split or not), the page kernel with its merge (short and uneven pages), eagerly and replayed from a
 CUDA graph whose producer writes new values before every replay."""
 
+import sys
+
 import pytest
 import torch
 
 from star_runtime import pdl
-from star_runtime.attention.pages import PageTable, capacity_bucket, pages_needed
 from star_runtime.models import skinny
+
+sys.path.insert(0, "tests/helpers")
+from paged_blocks import cached_blocks  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                                 reason="programmatic dependent launch needs a Hopper or newer GPU")
@@ -96,20 +100,11 @@ def test_skinny_after_its_producer(monkeypatch, prefetch, c):
 
 
 def test_page_kernel_after_its_producer(monkeypatch):
-    g = torch.Generator(device="cuda").manual_seed(2)
-    lens = [300, 1000, 17, 512, 40]  # short pages: the prefetch stays inside each entry
-    layers, hkv, d, hq, tb = 2, 8, 128, 32, 64
-    inv = 1.0 / (500000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
-    offs = [sum(lens[:i]) for i in range(len(lens))]
-    total = sum(lens)
-    entries = [torch.randn(layers, 2, hkv, n, d, device="cuda", generator=g).to(torch.bfloat16) for n in lens]
-    own = torch.zeros(layers, 2, total + tb + 16, hkv, d, device="cuda", dtype=torch.bfloat16)
-    own[:, :, total:total + tb] = torch.randn(layers, 2, tb, hkv, d, device="cuda", generator=g).to(torch.bfloat16)
-    src = torch.randn(1, hq, tb, d, device="cuda", generator=g).to(torch.bfloat16)
+    d = 128
+    # short pages: the prefetch stays inside each entry
+    *_, src, _, table = cached_blocks([300, 1000, 17, 512, 40], 2, d=d)
     q = torch.zeros_like(src)
     scale = torch.ones((), device="cuda", dtype=torch.float32)
-    table = PageTable(capacity_bucket(pages_needed(lens)), hkv, d // 2, "cuda", kernel=True)
-    table.fill(entries, offs, inv.float(), own, total, tb)
 
     def chain():
         slow_scale(src, scale, q)
